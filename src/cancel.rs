@@ -1,0 +1,197 @@
+//! Cancel: an atomic flag plus an eventfd that wakes every wait.
+//!
+//! [`Canceller::cancel`] is the only code in barge that may run in a signal
+//! handler. It stores `true` into the flag, then writes 1 to the eventfd with
+//! one `write(2)`. It takes no lock, allocates nothing and restores `errno`.
+//! Every wait of an operation polls [`CancelState::wake_fd`] next to its data
+//! fds and then checks the flag, so a cancel wakes a blocked wait at once.
+//!
+//! A cancel is never lost. The flag stays set until an operation consumes
+//! it with [`CancelState::take`], or the caller clears it with
+//! [`CancelState::clear`]. So a cancel that arrives while no operation runs
+//! makes the next operation fail at once. `take` clears the flag first and
+//! then drains the eventfd. A cancel that races with it leaves the flag set,
+//! and the next check sees it. Clearing in the other order could lose it.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The shared cancel state of one handle.
+#[derive(Debug)]
+pub struct CancelState {
+    requested: AtomicBool,
+    wake: OwnedFd,
+}
+
+impl CancelState {
+    pub fn new() -> io::Result<CancelState> {
+        // SAFETY: eventfd takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(CancelState {
+            requested: AtomicBool::new(false),
+            // SAFETY: fd is a fresh eventfd that nothing else owns.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Request a cancel. Async-signal-safe: one atomic store and one
+    /// `write(2)` to a non-blocking eventfd; `errno` is preserved.
+    pub fn request(&self) {
+        // SAFETY: __errno_location returns this thread's errno slot, valid
+        // for the thread's lifetime; reading and writing it is what every
+        // signal-safe function that preserves errno does.
+        let errno = unsafe { *libc::__errno_location() };
+        self.requested.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to an fd this state owns.
+        // A failure (EAGAIN when the counter is saturated) still leaves the
+        // eventfd readable, which is all the waiters need.
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+            *libc::__errno_location() = errno;
+        }
+    }
+
+    /// Whether a cancel is pending.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Consume a pending cancel: returns true and clears it if one was
+    /// pending.
+    pub fn take(&self) -> bool {
+        if self.requested.swap(false, Ordering::SeqCst) {
+            self.drain();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drop any pending cancel.
+    pub fn clear(&self) {
+        self.requested.store(false, Ordering::SeqCst);
+        self.drain();
+    }
+
+    /// The fd every wait polls for readability.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live local from our non-blocking
+        // eventfd; EAGAIN (nothing to drain) is fine.
+        unsafe {
+            libc::read(
+                self.wake.as_raw_fd(),
+                (&mut v as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+}
+
+/// Cancels the operation running on a handle, from any thread or from a
+/// signal handler.
+///
+/// Get one from `Handle::canceller`. Clones share the handle's state, and a
+/// `Canceller` stays valid after its handle is dropped. It then does
+/// nothing useful.
+#[derive(Clone, Debug)]
+pub struct Canceller {
+    state: Arc<CancelState>,
+}
+
+impl Canceller {
+    pub(crate) fn new(state: Arc<CancelState>) -> Self {
+        Canceller { state }
+    }
+
+    /// Cancel the running operation, or the next one if none is running.
+    ///
+    /// Async-signal-safe and thread-safe: no lock, no allocation, `errno`
+    /// unchanged. The cancelled call returns `Error::Cancelled`.
+    pub fn cancel(&self) {
+        self.state.request();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn readable(fd: BorrowedFd<'_>, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack.
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    }
+
+    #[test]
+    fn request_sets_flag_and_wakes_fd() {
+        let s = CancelState::new().unwrap();
+        assert!(!s.is_requested());
+        assert!(!readable(s.wake_fd(), 0));
+        s.request();
+        assert!(s.is_requested());
+        assert!(readable(s.wake_fd(), 0));
+    }
+
+    #[test]
+    fn take_consumes_once() {
+        let s = CancelState::new().unwrap();
+        s.request();
+        s.request();
+        assert!(s.take());
+        assert!(!s.take());
+        assert!(!readable(s.wake_fd(), 0));
+    }
+
+    #[test]
+    fn request_preserves_errno() {
+        let s = CancelState::new().unwrap();
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::EBADF };
+        for _ in 0..3 {
+            s.request();
+        }
+        assert_eq!(unsafe { *libc::__errno_location() }, libc::EBADF);
+    }
+
+    #[test]
+    fn cancel_from_another_thread_wakes_a_blocked_poll() {
+        let s = Arc::new(CancelState::new().unwrap());
+        let c = Canceller::new(s.clone());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            c.cancel();
+        });
+        assert!(readable(s.wake_fd(), 5000));
+        assert!(s.take());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn clear_drops_a_pending_cancel() {
+        let s = CancelState::new().unwrap();
+        s.request();
+        s.clear();
+        assert!(!s.is_requested());
+        assert!(!readable(s.wake_fd(), 0));
+    }
+}

@@ -1,0 +1,1 @@
+//! The client side: [`Handle`] and its operations.

@@ -1,0 +1,97 @@
+//! barge's error type. Every error has an errno (see [`Error::errno`]) and a
+//! message that names the path, frame or process it is about.
+
+use std::io;
+use std::time::Duration;
+
+/// Result type of barge operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operation was cancelled through a [`crate::Canceller`] (errno
+    /// `ECANCELED`). The handle is usable at once.
+    #[error("operation cancelled by user")]
+    Cancelled,
+
+    /// The helper reported an error for a request.
+    #[error("{message}")]
+    Remote { errno: i32, message: String },
+
+    /// A local system call failed.
+    #[error("{message}")]
+    Local { errno: i32, message: String },
+
+    /// The peer broke the protocol (errno `EPROTO`, or the errno the helper
+    /// gave during the handshake). The helper has been stopped.
+    #[error("protocol error: {message}")]
+    Protocol { errno: i32, message: String },
+
+    /// The helper exited or was killed while in use (errno `ECONNRESET`).
+    /// The message carries its exit status and last lines of stderr.
+    #[error("{message}")]
+    HelperDied { message: String },
+
+    /// The helper died soon after launch several times. Operations fail
+    /// fast until the back-off ends (errno `EAGAIN`).
+    #[error("helper restarting, retry in {} s", retry_in.as_secs_f64().ceil() as u64)]
+    Restarting { retry_in: Duration },
+
+    /// A bounded wait ran out (errno `ETIMEDOUT`).
+    #[error("{0}")]
+    Timeout(String),
+
+    /// The graceful shutdown failed; the helper was stopped by signal.
+    #[error("abnormal shutdown: {cause}")]
+    AbnormalShutdown { cause: String },
+
+    /// A bad argument (errno `EINVAL`).
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// The errno that best describes the error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Cancelled => libc::ECANCELED,
+            Error::Remote { errno, .. }
+            | Error::Local { errno, .. }
+            | Error::Protocol { errno, .. } => *errno,
+            Error::HelperDied { .. } => libc::ECONNRESET,
+            Error::Restarting { .. } => libc::EAGAIN,
+            Error::Timeout(_) => libc::ETIMEDOUT,
+            Error::AbnormalShutdown { .. } => libc::EIO,
+            Error::InvalidArgument(_) => libc::EINVAL,
+        }
+    }
+
+    /// A local error from an `io::Error`, with what was being done, e.g.
+    /// `open /tmp/x`.
+    pub(crate) fn local(what: impl std::fmt::Display, e: io::Error) -> Error {
+        Error::Local {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            message: format!(
+                "{what}: {}",
+                strerror(e.raw_os_error().unwrap_or(libc::EIO))
+            ),
+        }
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Error {
+        Error::Protocol {
+            errno: libc::EPROTO,
+            message: message.into(),
+        }
+    }
+}
+
+/// The C library's text for an errno, without Rust's "(os error N)".
+pub fn strerror(errno: i32) -> String {
+    let s = io::Error::from_raw_os_error(errno).to_string();
+    match s.rfind(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

@@ -1,0 +1,1 @@
+//! The helper's side of the protocol, run by `barge-helper`.
