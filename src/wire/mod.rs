@@ -262,6 +262,9 @@ pub enum Frame<'a> {
         path: &'a [u8],
     },
     Get {
+        /// Largest DATA payload the client wants, within
+        /// [`MIN_CHUNK`]..=[`MAX_CHUNK`].
+        chunk: u32,
         path: &'a [u8],
     },
     Shutdown,
@@ -457,7 +460,19 @@ pub fn decode_frame<'a>(header: &Header, payload: &'a [u8]) -> Result<Frame<'a>,
             size: rd.u64()?,
             path: rd.path()?,
         },
-        FrameType::Get => Frame::Get { path: rd.path()? },
+        FrameType::Get => {
+            let chunk = rd.u32()?;
+            if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
+                return Err(DecodeError::Invalid {
+                    kind,
+                    what: "chunk size out of range",
+                });
+            }
+            Frame::Get {
+                chunk,
+                path: rd.path()?,
+            }
+        }
         FrameType::Shutdown => Frame::Shutdown,
         FrameType::Data => return Ok(Frame::Data(payload)),
         FrameType::End => Frame::End {

@@ -68,7 +68,13 @@ fn every_frame_type_roundtrips() {
         },
         6,
     );
-    roundtrip(Frame::Get { path: b"/down" }, 7);
+    roundtrip(
+        Frame::Get {
+            chunk: DEFAULT_CHUNK,
+            path: b"/down",
+        },
+        7,
+    );
     roundtrip(Frame::Shutdown, 8);
     roundtrip(Frame::Data(&[1, 2, 3]), 9);
     roundtrip(Frame::Data(&[]), 9);
@@ -269,7 +275,14 @@ fn oversized_path_fails_to_encode() {
     let long = vec![b'a'; MAX_CONTROL as usize];
     let mut buf = vec![9u8];
     assert!(matches!(
-        encode_frame(&Frame::Get { path: &long }, 1, &mut buf),
+        encode_frame(
+            &Frame::Get {
+                chunk: MIN_CHUNK,
+                path: &long
+            },
+            1,
+            &mut buf
+        ),
         Err(EncodeError::TooLarge { .. })
     ));
     assert_eq!(buf, vec![9u8]);
