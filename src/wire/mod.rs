@@ -573,10 +573,13 @@ fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
             out.extend_from_slice(&features.to_be_bytes());
             out.extend_from_slice(&pid.to_be_bytes());
         }
-        Frame::Stat { path: p }
-        | Frame::List { path: p }
-        | Frame::Remove { path: p }
-        | Frame::Get { path: p } => path(out, p)?,
+        Frame::Stat { path: p } | Frame::List { path: p } | Frame::Remove { path: p } => {
+            path(out, p)?
+        }
+        Frame::Get { chunk, path: p } => {
+            out.extend_from_slice(&chunk.to_be_bytes());
+            path(out, p)?;
+        }
         Frame::Mkdir {
             mode,
             parents,
