@@ -25,5 +25,7 @@ mod sys;
 pub mod wire;
 
 pub use cancel::Canceller;
-// client re-exports are added as the client lands
+pub use client::{
+    default_helper, CallbackId, DirEntry, Event, EventMask, ExitStatus, Handle, RemoteStat,
+};
 pub use error::{strerror, Error, Result};

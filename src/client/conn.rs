@@ -1,0 +1,536 @@
+//! One connection to a running helper: the non-blocking channel, the frame
+//! reader and writer, the helper's stderr, and the single wait that every
+//! operation uses.
+//!
+//! [`Connection::wait`] is where cancel wakes the loop. It polls the
+//! handle's cancel eventfd together with the channel, the helper's stderr
+//! and, when the operation has one, the local file. Nothing in the client
+//! blocks anywhere else, except writes to regular files.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::cancel::CancelState;
+use crate::client::events::{Event, Events};
+use crate::error::Error;
+use crate::process::HelperProcess;
+use crate::sys;
+use crate::wire::{self, Frame, Header, StatRecord, HEADER_LEN};
+
+/// How many lines of the helper's stderr are kept for error messages.
+const STDERR_TAIL_LINES: usize = 8;
+/// Longest stderr line kept; longer lines are cut.
+const STDERR_LINE_MAX: usize = 1024;
+
+/// Why a connection can no longer be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Broken {
+    /// The helper closed the channel or reset it: it exited or was killed.
+    HelperGone,
+    /// The peer broke the protocol; the helper must be killed.
+    Protocol,
+    /// The helper did not answer in time; it must be killed.
+    Unresponsive,
+}
+
+/// What one wait saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ready {
+    /// The channel has bytes, or hung up.
+    pub channel_in: bool,
+    /// The local fd is ready for the requested direction.
+    pub local: bool,
+    pub timed_out: bool,
+}
+
+/// A frame read from the channel, with the payload of DATA left in the
+/// reader until [`Connection::consume`].
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Welcome {
+        version: u16,
+        features: u64,
+        pid: u32,
+    },
+    Data {
+        len: usize,
+    },
+    End {
+        len: u64,
+        checksum: u64,
+    },
+    Cancel,
+    Stop,
+    SourceInfo {
+        size: u64,
+        mode: u32,
+    },
+    Ok,
+    Error {
+        errno: i32,
+        message: String,
+    },
+    StatInfo(StatRecord),
+    Dirents(Vec<(Vec<u8>, StatRecord)>),
+}
+
+pub(crate) struct Connection {
+    pub process: HelperProcess,
+    channel: OwnedFd,
+    stderr: Option<OwnedFd>,
+    stderr_partial: Vec<u8>,
+    stderr_tail: VecDeque<String>,
+    reader: FrameReader,
+    pub out: OutBuf,
+    pub launched_at: Instant,
+    next_serial: u64,
+    pub broken: Option<Broken>,
+}
+
+impl Connection {
+    pub fn new(
+        process: HelperProcess,
+        channel: OwnedFd,
+        stderr: OwnedFd,
+        chunk: u32,
+    ) -> Connection {
+        Connection {
+            process,
+            channel,
+            stderr: Some(stderr),
+            stderr_partial: Vec::new(),
+            stderr_tail: VecDeque::new(),
+            reader: FrameReader::default(),
+            out: OutBuf::new(chunk),
+            launched_at: Instant::now(),
+            next_serial: 1,
+            broken: None,
+        }
+    }
+
+    pub fn next_serial(&mut self) -> u64 {
+        let s = self.next_serial;
+        self.next_serial += 1;
+        s
+    }
+
+    /// Mark the connection broken and return the error an operation should
+    /// report for it (refined by the handle once the helper is reaped).
+    pub fn fail(&mut self, how: Broken, error: Error) -> Error {
+        if self.broken.is_none() {
+            self.broken = Some(how);
+        }
+        error
+    }
+
+    pub fn fail_protocol(&mut self, message: String) -> Error {
+        self.fail(Broken::Protocol, Error::protocol(message))
+    }
+
+    fn gone(&mut self) -> Error {
+        self.fail(
+            Broken::HelperGone,
+            Error::HelperDied {
+                message: "the helper closed the connection".into(),
+            },
+        )
+    }
+
+    /// Queue a control frame. Only while no DATA frame is partly sent, so
+    /// frames are never interleaved.
+    pub fn queue(&mut self, frame: &Frame<'_>, serial: u64) -> Result<(), Error> {
+        debug_assert!(self.out.data_is_empty());
+        wire::encode_frame(frame, serial, &mut self.out.ctrl).map_err(|e| {
+            Error::InvalidArgument(format!("cannot send {}: {e}", frame.kind().name()))
+        })
+    }
+
+    /// Send what is queued, without blocking.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        match self.out.send(self.channel.as_raw_fd()) {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Err(self.gone()),
+            Err(e) => Err(self.fail(Broken::HelperGone, Error::local("send to the helper", e))),
+        }
+    }
+
+    /// Read one whole frame if one is available, without blocking.
+    pub fn read_frame(&mut self, serial: u64) -> Result<Option<Incoming>, Error> {
+        let header = match self.reader.fill(self.channel.as_raw_fd()) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(ReadError::Eof) => return Err(self.gone()),
+            Err(ReadError::Io(e)) if is_gone(&e) => return Err(self.gone()),
+            Err(ReadError::Io(e)) => {
+                return Err(self.fail(Broken::HelperGone, Error::local("read from the helper", e)))
+            }
+            Err(ReadError::Decode(e)) => {
+                return Err(self.fail_protocol(format!("from the helper: {e}")))
+            }
+        };
+        let frame = match wire::decode_frame(&header, self.reader.payload()) {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail_protocol(format!("from the helper: {e}"))),
+        };
+        if header.serial != serial && !matches!(frame, Frame::Stop) {
+            let msg = format!(
+                "helper sent {} for serial {} during request {}",
+                header.kind, header.serial, serial
+            );
+            return Err(self.fail_protocol(msg));
+        }
+        let incoming = match frame {
+            Frame::Welcome {
+                version,
+                features,
+                pid,
+            } => Incoming::Welcome {
+                version,
+                features,
+                pid,
+            },
+            Frame::Data(d) => {
+                // The payload stays in the reader until consume().
+                return Ok(Some(Incoming::Data { len: d.len() }));
+            }
+            Frame::End { len, checksum } => Incoming::End { len, checksum },
+            Frame::Cancel => Incoming::Cancel,
+            Frame::Stop if header.serial != serial => {
+                // A late STOP for a finished request: ignored by protocol.
+                self.reader.consume();
+                return self.read_frame(serial);
+            }
+            Frame::Stop => Incoming::Stop,
+            Frame::SourceInfo { size, mode } => Incoming::SourceInfo { size, mode },
+            Frame::Ok => Incoming::Ok,
+            Frame::Error { errno, message } => Incoming::Error {
+                errno,
+                message: String::from_utf8_lossy(message).into_owned(),
+            },
+            Frame::StatInfo(st) => Incoming::StatInfo(st),
+            Frame::Dirents(d) => {
+                Incoming::Dirents(d.iter().map(|(n, st)| (n.to_vec(), st)).collect())
+            }
+            other => {
+                let msg = format!(
+                    "helper sent unexpected {} for serial {}",
+                    other.kind(),
+                    header.serial
+                );
+                return Err(self.fail_protocol(msg));
+            }
+        };
+        self.reader.consume();
+        Ok(Some(incoming))
+    }
+
+    /// The payload of the DATA frame last returned by [`Self::read_frame`].
+    pub fn data(&self) -> &[u8] {
+        self.reader.payload()
+    }
+
+    /// Release the DATA frame last returned by [`Self::read_frame`].
+    pub fn consume(&mut self) {
+        self.reader.consume();
+    }
+
+    /// Wait until the channel or local fd is ready, a cancel arrives, or the
+    /// deadline passes. Always includes the cancel fd; drains the helper's
+    /// stderr into LOG events on the way.
+    pub fn wait(
+        &mut self,
+        cancel: &CancelState,
+        want_channel_in: bool,
+        local: Option<(RawFd, libc::c_short)>,
+        deadline: Option<Instant>,
+        events: &mut Events,
+    ) -> Result<Ready, Error> {
+        let mut fds = [
+            sys::pollfd(cancel.wake_fd().as_raw_fd(), libc::POLLIN),
+            sys::pollfd(self.channel.as_raw_fd(), 0),
+            sys::pollfd(-1, 0),
+            sys::pollfd(-1, 0),
+        ];
+        if want_channel_in {
+            fds[1].events |= libc::POLLIN;
+        }
+        if !self.out.is_empty() {
+            fds[1].events |= libc::POLLOUT;
+        }
+        if let Some(e) = &self.stderr {
+            fds[2] = sys::pollfd(e.as_raw_fd(), libc::POLLIN);
+        }
+        if let Some((fd, ev)) = local {
+            fds[3] = sys::pollfd(fd, ev);
+        }
+        let timeout = sys::remaining(deadline);
+        let n = sys::poll(&mut fds, timeout).map_err(|e| Error::local("poll", e))?;
+        if fds[2].revents != 0 {
+            self.drain_stderr(events);
+        }
+        let channel_in = fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+        Ok(Ready {
+            channel_in,
+            local: fds[3].revents != 0,
+            timed_out: n == 0 && deadline.is_some_and(|d| Instant::now() >= d),
+        })
+    }
+
+    /// Read whatever the helper has written to stderr, as LOG events.
+    pub fn drain_stderr(&mut self, events: &mut Events) {
+        let Some(fd) = self.stderr.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a live stack buffer of the given length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                self.stderr_partial.extend_from_slice(&buf[..n as usize]);
+                while let Some(i) = self.stderr_partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = self.stderr_partial.drain(..=i).take(i).collect();
+                    self.push_stderr_line(&line, events);
+                }
+                if self.stderr_partial.len() > STDERR_LINE_MAX {
+                    let line = std::mem::take(&mut self.stderr_partial);
+                    self.push_stderr_line(&line, events);
+                }
+                continue;
+            }
+            if n == 0 || sys::errno() != libc::EINTR {
+                if n == 0 {
+                    // EOF: flush a last unterminated line and stop polling.
+                    if !self.stderr_partial.is_empty() {
+                        let line = std::mem::take(&mut self.stderr_partial);
+                        self.push_stderr_line(&line, events);
+                    }
+                    self.stderr = None;
+                }
+                return;
+            }
+        }
+    }
+
+    fn push_stderr_line(&mut self, line: &[u8], events: &mut Events) {
+        let line = &line[..line.len().min(STDERR_LINE_MAX)];
+        events.emit(&Event::Log { line });
+        if self.stderr_tail.len() == STDERR_TAIL_LINES {
+            self.stderr_tail.pop_front();
+        }
+        self.stderr_tail
+            .push_back(String::from_utf8_lossy(line).into_owned());
+    }
+
+    /// The helper's last stderr lines, joined for an error message.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr_tail
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// Wait for the helper's stderr to reach EOF, up to `limit`, so its last
+    /// words make it into an error message.
+    pub fn collect_stderr(&mut self, limit: Duration, events: &mut Events) {
+        let deadline = Instant::now() + limit;
+        while let Some(fd) = &self.stderr {
+            let mut p = [sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if sys::poll(&mut p, Some(left)).unwrap_or(0) == 0 {
+                return;
+            }
+            self.drain_stderr(events);
+        }
+    }
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+    )
+}
+
+/// Outgoing bytes: queued control frames, then at most one DATA frame
+/// whose payload was read straight into this buffer.
+pub(crate) struct OutBuf {
+    ctrl: Vec<u8>,
+    ctrl_pos: usize,
+    /// `[header | payload]`, allocated once at the chunk size.
+    data: Box<[u8]>,
+    data_pos: usize,
+    data_end: usize,
+}
+
+impl OutBuf {
+    fn new(chunk: u32) -> OutBuf {
+        OutBuf {
+            ctrl: Vec::with_capacity(256),
+            ctrl_pos: 0,
+            data: Box::default(),
+            data_pos: 0,
+            data_end: 0,
+        }
+        .with_chunk(chunk)
+    }
+
+    fn with_chunk(mut self, chunk: u32) -> OutBuf {
+        self.data = vec![0u8; HEADER_LEN + chunk as usize].into_boxed_slice();
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ctrl_pos == self.ctrl.len() && self.data_is_empty()
+    }
+
+    pub fn data_is_empty(&self) -> bool {
+        self.data_pos == self.data_end
+    }
+
+    /// Room for the next DATA payload, at most `chunk` bytes. Only while
+    /// the buffer is empty.
+    pub fn payload_room(&mut self, chunk: u32) -> &mut [u8] {
+        debug_assert!(self.is_empty());
+        if self.data.len() < HEADER_LEN + chunk as usize {
+            self.data = vec![0u8; HEADER_LEN + chunk as usize].into_boxed_slice();
+        }
+        &mut self.data[HEADER_LEN..HEADER_LEN + chunk as usize]
+    }
+
+    /// The payload just filled through [`Self::payload_room`].
+    pub fn payload(&self, len: usize) -> &[u8] {
+        &self.data[HEADER_LEN..HEADER_LEN + len]
+    }
+
+    /// Turn the first `len` bytes of the payload room into a DATA frame.
+    pub fn commit_data(&mut self, len: usize, serial: u64) {
+        let h = wire::encode_header(wire::FrameType::Data, len as u32, serial);
+        self.data[..HEADER_LEN].copy_from_slice(&h);
+        self.data_pos = 0;
+        self.data_end = HEADER_LEN + len;
+    }
+
+    fn send(&mut self, fd: RawFd) -> io::Result<()> {
+        while self.ctrl_pos < self.ctrl.len() {
+            match send_some(fd, &self.ctrl[self.ctrl_pos..])? {
+                Some(n) => self.ctrl_pos += n,
+                None => return Ok(()),
+            }
+        }
+        self.ctrl.clear();
+        self.ctrl_pos = 0;
+        while self.data_pos < self.data_end {
+            match send_some(fd, &self.data[self.data_pos..self.data_end])? {
+                Some(n) => self.data_pos += n,
+                None => return Ok(()),
+            }
+        }
+        self.data_pos = 0;
+        self.data_end = 0;
+        Ok(())
+    }
+}
+
+/// One non-blocking `send(2)` with MSG_NOSIGNAL; `None` when the socket is
+/// full.
+fn send_some(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: sends from a live slice of the given length.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match sys::errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Ok(None),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+enum ReadError {
+    Eof,
+    Io(io::Error),
+    Decode(wire::DecodeError),
+}
+
+/// Reads frames from a non-blocking socket: the header first, checked
+/// before anything is allocated, then the payload into a buffer that only
+/// ever grows to the largest frame seen (at most `MAX_CHUNK`).
+#[derive(Default)]
+struct FrameReader {
+    head: [u8; HEADER_LEN],
+    head_got: usize,
+    header: Option<Header>,
+    payload: Vec<u8>,
+    payload_got: usize,
+}
+
+impl FrameReader {
+    /// Read until a whole frame is buffered. `Ok(None)` when the socket has
+    /// no more bytes for now.
+    fn fill(&mut self, fd: RawFd) -> Result<Option<Header>, ReadError> {
+        if self.header.is_none() {
+            while self.head_got < HEADER_LEN {
+                match recv_some(fd, &mut self.head[self.head_got..])? {
+                    Some(n) => self.head_got += n,
+                    None => return Ok(None),
+                }
+            }
+            let h = wire::decode_header(&self.head).map_err(ReadError::Decode)?;
+            if self.payload.len() < h.len as usize {
+                self.payload.resize(h.len as usize, 0);
+            }
+            self.header = Some(h);
+            self.payload_got = 0;
+        }
+        let h = self.header.expect("set above");
+        let len = h.len as usize;
+        while self.payload_got < len {
+            match recv_some(fd, &mut self.payload[self.payload_got..len])? {
+                Some(n) => self.payload_got += n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(h))
+    }
+
+    fn payload(&self) -> &[u8] {
+        let len = self.header.map_or(0, |h| h.len as usize);
+        &self.payload[..len]
+    }
+
+    fn consume(&mut self) {
+        self.header = None;
+        self.head_got = 0;
+        self.payload_got = 0;
+    }
+}
+
+fn recv_some(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+    loop {
+        // SAFETY: receives into a live mutable slice of the given length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            return Ok(Some(n as usize));
+        }
+        if n == 0 {
+            return Err(ReadError::Eof);
+        }
+        match sys::errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Ok(None),
+            e => return Err(ReadError::Io(io::Error::from_raw_os_error(e))),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The local end of a transfer: a file, FIFO, socket or device that is read
+//! or written without ever blocking the operation's wait.
+//!
+//! - Regular files are read and written directly. Disk I/O does not wait
+//!   for a peer.
+//! - Sockets use `recv`/`send` with `MSG_DONTWAIT` (and `MSG_NOSIGNAL`), so
+//!   the caller's fd flags are never changed.
+//! - Pipes, FIFOs, ttys and devices are reopened through `/proc/self/fd/N`.
+//!   That gives barge its own open file description, which can be made
+//!   non-blocking without touching the caller's. Where that fails, barge
+//!   polls before every read, and writes at most `PIPE_BUF` bytes after each
+//!   POLLOUT, which a pipe accepts without blocking.
+//!
+//! Writes to pipes can raise SIGPIPE. [`SigpipeGuard`] blocks it for the
+//! calling thread during a transfer, and consumes a SIGPIPE that barge
+//! itself raised, so the caller never sees one.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::sys;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Regular,
+    Socket,
+    /// Our own non-blocking open file description.
+    Reopened,
+    /// The caller's blocking description: poll first, write small.
+    Polled,
+}
+
+pub(crate) struct LocalFile<'a> {
+    fd: RawFd,
+    kind: Kind,
+    /// Keeps the fd open when barge opened or reopened it.
+    _owned: Option<OwnedFd>,
+    _borrow: std::marker::PhantomData<BorrowedFd<'a>>,
+}
+
+/// What an `fstat` of the local end says about the transfer.
+pub(crate) struct LocalInfo {
+    pub size: Option<u64>,
+    pub mode: u32,
+}
+
+impl<'a> LocalFile<'a> {
+    /// Open a local path to read from. FIFOs open without waiting for a
+    /// writer.
+    pub fn open_source(path: &std::path::Path) -> io::Result<(LocalFile<'static>, LocalInfo)> {
+        let c = path_cstring(path)?;
+        let fd = sys::openat(
+            sys::cwd(),
+            &c,
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        )?;
+        let st = fstat(fd.as_raw_fd())?;
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::Regular,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+            _ => Kind::Reopened,
+        };
+        let info = info_of(&st);
+        Ok((
+            LocalFile {
+                fd: fd.as_raw_fd(),
+                kind,
+                _owned: Some(fd),
+                _borrow: std::marker::PhantomData,
+            },
+            info,
+        ))
+    }
+
+    /// Use a caller's fd. `write` says which direction the transfer uses.
+    pub fn from_fd(fd: BorrowedFd<'a>, write: bool) -> io::Result<(LocalFile<'a>, LocalInfo)> {
+        let st = fstat(fd.as_raw_fd())?;
+        let info = info_of(&st);
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::Regular,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+            _ => {
+                if let Some(own) = reopen_nonblocking(fd.as_raw_fd(), write) {
+                    return Ok((
+                        LocalFile {
+                            fd: own.as_raw_fd(),
+                            kind: Kind::Reopened,
+                            _owned: Some(own),
+                            _borrow: std::marker::PhantomData,
+                        },
+                        info,
+                    ));
+                }
+                Kind::Polled
+            }
+        };
+        Ok((
+            LocalFile {
+                fd: fd.as_raw_fd(),
+                kind,
+                _owned: None,
+                _borrow: std::marker::PhantomData,
+            },
+            info,
+        ))
+    }
+
+    /// The fd and events to poll before the next read or write, or `None`
+    /// when the file is always ready (regular files).
+    pub fn poll_for(&self, write: bool) -> Option<(RawFd, libc::c_short)> {
+        match self.kind {
+            Kind::Regular => None,
+            _ => Some((self.fd, if write { libc::POLLOUT } else { libc::POLLIN })),
+        }
+    }
+
+    /// Whether every read or write must wait for poll to report the fd
+    /// ready first (the caller's own blocking pipe).
+    pub fn needs_poll_before_io(&self) -> bool {
+        self.kind == Kind::Polled
+    }
+
+    /// Whether a write may raise SIGPIPE (pipes and FIFOs).
+    pub fn may_raise_sigpipe(&self) -> bool {
+        matches!(self.kind, Kind::Reopened | Kind::Polled)
+    }
+
+    /// Read some bytes. `Ok(None)`: nothing available now; poll first.
+    /// `Ok(Some(0))`: end of file.
+    pub fn read(&mut self, buf: &mut [u8], polled_ready: bool) -> io::Result<Option<usize>> {
+        if self.kind == Kind::Polled && !polled_ready {
+            return Ok(None);
+        }
+        loop {
+            // SAFETY: reads into a live mutable slice of the given length.
+            let n = unsafe {
+                match self.kind {
+                    Kind::Socket => libc::recv(
+                        self.fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    ),
+                    _ => libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()),
+                }
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            match sys::errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => return Ok(None),
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+
+    /// Write some bytes. `Ok(None)`: no room now; poll first.
+    pub fn write(&mut self, buf: &[u8], polled_ready: bool) -> io::Result<Option<usize>> {
+        let buf = match self.kind {
+            Kind::Polled if !polled_ready => return Ok(None),
+            // A pipe with POLLOUT takes PIPE_BUF bytes without blocking.
+            Kind::Polled => &buf[..buf.len().min(libc::PIPE_BUF)],
+            _ => buf,
+        };
+        loop {
+            // SAFETY: writes from a live slice of the given length.
+            let n = unsafe {
+                match self.kind {
+                    Kind::Socket => libc::send(
+                        self.fd,
+                        buf.as_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ),
+                    _ => libc::write(self.fd, buf.as_ptr().cast(), buf.len()),
+                }
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            match sys::errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => return Ok(None),
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+}
+
+fn reopen_nonblocking(fd: RawFd, write: bool) -> Option<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    let access = if write {
+        libc::O_WRONLY
+    } else {
+        libc::O_RDONLY
+    };
+    // SAFETY: path is NUL-terminated; the result is checked.
+    let r = unsafe {
+        libc::open(
+            path.as_ptr(),
+            access | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: a new fd owned by nobody else.
+    let own = unsafe { OwnedFd::from_raw_fd(r) };
+    // Only keep it if it is the same file (a FIFO reopened by path could
+    // in theory be a different one).
+    match (fstat(fd), fstat(r)) {
+        (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino => Some(own),
+        _ => None,
+    }
+}
+
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live, writable stat.
+    sys::cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+fn info_of(st: &libc::stat) -> LocalInfo {
+    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    LocalInfo {
+        size: regular.then_some(st.st_size as u64),
+        mode: st.st_mode,
+    }
+}
+
+pub(crate) fn path_cstring(path: &std::path::Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Blocks SIGPIPE in the calling thread while it lives. A SIGPIPE that
+/// barge's own writes raised is consumed before the mask is restored; one
+/// that was already pending is left for the caller.
+pub(crate) struct SigpipeGuard {
+    old: libc::sigset_t,
+    was_pending: bool,
+    pub raised: bool,
+}
+
+impl SigpipeGuard {
+    pub fn new() -> SigpipeGuard {
+        // SAFETY: sigset_t values are initialised by sigemptyset before use;
+        // pthread_sigmask and sigpending write only into the given sets.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGPIPE);
+            libc::sigemptyset(&mut pending);
+            libc::sigpending(&mut pending);
+            let was_pending = libc::sigismember(&pending, libc::SIGPIPE) == 1;
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SigpipeGuard {
+                old,
+                was_pending,
+                raised: false,
+            }
+        }
+    }
+}
+
+impl Drop for SigpipeGuard {
+    fn drop(&mut self) {
+        // SAFETY: as in new(); sigtimedwait with a zero timeout only takes
+        // a pending SIGPIPE and never blocks.
+        unsafe {
+            if self.raised && !self.was_pending {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGPIPE);
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) < 0
+                    && sys::errno() == libc::EINTR
+                {}
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two fds.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn flags(fd: RawFd) -> i32 {
+        // SAFETY: fcntl on an open fd.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) }
+    }
+
+    #[test]
+    fn empty_pipe_read_does_not_block_and_callers_flags_are_unchanged() {
+        let (r, _w) = pipe();
+        let before = flags(r.as_raw_fd());
+        let (mut lf, info) = LocalFile::from_fd(r.as_fd(), false).unwrap();
+        assert_eq!(info.size, None);
+        let mut buf = [0u8; 16];
+        assert!(lf.read(&mut buf, true).unwrap().is_none());
+        assert_eq!(flags(r.as_raw_fd()), before);
+        assert_eq!(before & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
+    fn full_pipe_write_does_not_block() {
+        let (_r, w) = pipe();
+        let (mut lf, _) = LocalFile::from_fd(w.as_fd(), true).unwrap();
+        let big = vec![7u8; 1 << 20];
+        let mut total = 0;
+        while let Some(n) = lf.write(&big, true).unwrap() {
+            total += n;
+        }
+        assert!(total > 0 && total < big.len());
+    }
+
+    fn sigpipe_pending() -> bool {
+        // SAFETY: sigpending writes into a live, initialised set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigpending(&mut set);
+            libc::sigismember(&set, libc::SIGPIPE) == 1
+        }
+    }
+
+    #[test]
+    fn write_to_closed_pipe_gives_epipe_and_the_guard_consumes_sigpipe() {
+        let (r, w) = pipe();
+        drop(r);
+        let mut guard = SigpipeGuard::new();
+        let (mut lf, _) = LocalFile::from_fd(w.as_fd(), true).unwrap();
+        let e = lf.write(b"x", true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+        assert!(
+            sigpipe_pending(),
+            "the write raised SIGPIPE, held by the mask"
+        );
+        guard.raised = true;
+        drop(guard);
+        assert!(!sigpipe_pending(), "the guard took the SIGPIPE it caused");
+    }
+}

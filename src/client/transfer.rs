@@ -1,0 +1,422 @@
+//! The request loops: PUT (upload), GET (download), LIST, and the simple
+//! requests with one reply. Each loop is driven by [`Connection::wait`],
+//! which polls the cancel fd with everything else.
+//!
+//! Cancel rules, shared by every loop:
+//! - A user cancel ends the request's stream from our side: CANCEL when we
+//!   send (PUT), STOP when we receive (GET, LIST). The loop then waits for
+//!   the request's one final reply, for at most `cancel_timeout`. If the
+//!   reply does not come in time, the helper is killed.
+//! - The final reply decides the result. An operation that completed
+//!   before the cancel took effect returns its result. One that was cut
+//!   short returns `Error::Cancelled`.
+
+use std::time::{Duration, Instant};
+
+use crate::cancel::CancelState;
+use crate::client::conn::{Broken, Connection, Incoming};
+use crate::client::events::{Events, Progress};
+use crate::client::local::{LocalFile, SigpipeGuard};
+use crate::error::Error;
+use crate::wire::{Frame, StatRecord, StreamChecksum, UNKNOWN_SIZE};
+
+/// What an operation needs from its handle besides the connection.
+pub(crate) struct OpCtx<'a> {
+    pub cancel: &'a CancelState,
+    pub events: &'a mut Events,
+    pub cancel_timeout: Duration,
+    pub progress_interval: Duration,
+    pub chunk: u32,
+}
+
+/// Why our side ended a stream early.
+enum Stopped {
+    User,
+    Local(Error),
+    Helper,
+}
+
+/// The final reply of a request.
+pub(crate) enum Reply {
+    Ok,
+    Stat(StatRecord),
+}
+
+fn remote_error(errno: i32, message: String) -> Error {
+    Error::Remote { errno, message }
+}
+
+/// Kill-and-report when the helper does not answer a cancel in time.
+fn unresponsive(conn: &mut Connection, stopped: Option<Stopped>) -> Error {
+    let err = match stopped {
+        Some(Stopped::Local(e)) => e,
+        _ => Error::Cancelled,
+    };
+    conn.fail(Broken::Unresponsive, err)
+}
+
+/// Upload `src` to `remote` with a PUT stream.
+pub(crate) fn put(
+    conn: &mut Connection,
+    ctx: &mut OpCtx<'_>,
+    src: &mut LocalFile<'_>,
+    remote: &[u8],
+    mode: u32,
+    size: Option<u64>,
+    local_name: &str,
+) -> Result<(), Error> {
+    let serial = conn.next_serial();
+    conn.queue(
+        &Frame::Put {
+            mode,
+            size: size.unwrap_or(UNKNOWN_SIZE),
+            path: remote,
+        },
+        serial,
+    )?;
+    let mut sum = StreamChecksum::new();
+    let mut progress = Progress::new(ctx.events, size, ctx.progress_interval);
+    let mut stopped: Option<Stopped> = None;
+    // The terminator (END or CANCEL) has been queued.
+    let mut ended_with_end: Option<bool> = None;
+    let mut deadline: Option<Instant> = None;
+    // Whether a read may be tried now without blocking.
+    let mut src_ready = !src.needs_poll_before_io();
+
+    loop {
+        if ctx.cancel.is_requested() && deadline.is_none() {
+            // After END we cannot take the stream back, but the wait for
+            // the reply is still bounded.
+            deadline = Some(Instant::now() + ctx.cancel_timeout);
+            if ended_with_end.is_none() && stopped.is_none() {
+                stopped = Some(Stopped::User);
+            }
+        }
+        if ended_with_end.is_none() && stopped.is_some() && conn.out.data_is_empty() {
+            conn.queue(&Frame::Cancel, serial)?;
+            ended_with_end = Some(false);
+        }
+        // Read the next chunk straight into the send buffer.
+        if ended_with_end.is_none() && stopped.is_none() && conn.out.is_empty() && src_ready {
+            let room = conn.out.payload_room(ctx.chunk);
+            match src.read(room, src_ready) {
+                Ok(Some(0)) => {
+                    conn.queue(
+                        &Frame::End {
+                            len: sum.len(),
+                            checksum: sum.digest(),
+                        },
+                        serial,
+                    )?;
+                    ended_with_end = Some(true);
+                }
+                Ok(Some(n)) => {
+                    sum.update(conn.out.payload(n));
+                    conn.out.commit_data(n, serial);
+                    progress.add(n as u64, ctx.events);
+                    if src.needs_poll_before_io() {
+                        src_ready = false;
+                    }
+                    // Progress callbacks may cancel: look again first.
+                    continue;
+                }
+                Ok(None) => src_ready = false,
+                Err(e) => {
+                    stopped = Some(Stopped::Local(Error::local(
+                        format!("read {local_name}"),
+                        e,
+                    )));
+                    deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                    continue;
+                }
+            }
+        }
+        conn.flush()?;
+        while let Some(msg) = conn.read_frame(serial)? {
+            match msg {
+                Incoming::Stop => {
+                    if ended_with_end.is_none() && stopped.is_none() {
+                        stopped = Some(Stopped::Helper);
+                    }
+                }
+                Incoming::Ok | Incoming::Error { .. } => {
+                    if ended_with_end.is_none() || !conn.out.is_empty() {
+                        return Err(conn.fail_protocol(format!(
+                            "helper replied to PUT {} before the stream ended",
+                            String::from_utf8_lossy(remote)
+                        )));
+                    }
+                    return match (msg, ended_with_end) {
+                        (Incoming::Ok, Some(true)) => {
+                            progress.finish(ctx.events);
+                            Ok(())
+                        }
+                        (Incoming::Ok, _) => {
+                            Err(conn.fail_protocol("helper committed a cancelled upload".into()))
+                        }
+                        (Incoming::Error { errno, message }, _) => Err(match stopped {
+                            Some(Stopped::User) => Error::Cancelled,
+                            Some(Stopped::Local(e)) => e,
+                            _ => remote_error(errno, message),
+                        }),
+                        _ => unreachable!(),
+                    };
+                }
+                other => {
+                    return Err(conn.fail_protocol(format!("helper sent {other:?} during PUT")));
+                }
+            }
+        }
+        let want_src =
+            ended_with_end.is_none() && stopped.is_none() && conn.out.is_empty() && !src_ready;
+        let local = if want_src { src.poll_for(false) } else { None };
+        let ready = conn.wait(ctx.cancel, true, local, deadline, ctx.events)?;
+        if ready.timed_out {
+            return Err(unresponsive(conn, stopped));
+        }
+        if ready.local || !src.needs_poll_before_io() {
+            src_ready = true;
+        }
+    }
+}
+
+/// Download `remote` into `dst` with a GET stream. `on_source` receives the
+/// SOURCE_INFO (size, mode) before any data.
+pub(crate) fn get(
+    conn: &mut Connection,
+    ctx: &mut OpCtx<'_>,
+    dst: &mut LocalFile<'_>,
+    remote: &[u8],
+    local_name: &str,
+    on_source: &mut dyn FnMut(u64, u32),
+) -> Result<(), Error> {
+    let serial = conn.next_serial();
+    conn.queue(
+        &Frame::Get {
+            chunk: ctx.chunk,
+            path: remote,
+        },
+        serial,
+    )?;
+    let mut sigpipe = dst.may_raise_sigpipe().then(SigpipeGuard::new);
+    let mut sum = StreamChecksum::new();
+    let mut progress = Progress::new(ctx.events, None, ctx.progress_interval);
+    // Why we stopped the stream; once set, DATA is discarded and the
+    // request can no longer succeed.
+    let mut stopped: Option<Stopped> = None;
+    let mut stop_sent = false;
+    let mut deadline: Option<Instant> = None;
+    // The helper's END or CANCEL has arrived.
+    let mut stream_over = false;
+    let mut end_matched = false;
+    // Bytes of the DATA frame in hand already written to dst.
+    let mut pending: Option<usize> = None;
+    let mut dst_ready = !dst.needs_poll_before_io();
+
+    loop {
+        if ctx.cancel.is_requested() && deadline.is_none() {
+            deadline = Some(Instant::now() + ctx.cancel_timeout);
+            if stopped.is_none() && !stream_over {
+                stopped = Some(Stopped::User);
+            }
+        }
+        if stopped.is_some() {
+            if pending.take().is_some() {
+                conn.consume();
+            }
+            if !stop_sent && !stream_over {
+                conn.queue(&Frame::Stop, serial)?;
+                stop_sent = true;
+            }
+        }
+        conn.flush()?;
+
+        // Write out the DATA frame in hand.
+        if let Some(mut done) = pending {
+            let data_len = conn.data().len();
+            while done < data_len && dst_ready {
+                match dst.write(&conn.data()[done..], dst_ready) {
+                    Ok(Some(n)) => {
+                        done += n;
+                        if dst.needs_poll_before_io() {
+                            dst_ready = false;
+                        }
+                    }
+                    Ok(None) => dst_ready = false,
+                    Err(e) => {
+                        if e.raw_os_error() == Some(libc::EPIPE) {
+                            if let Some(g) = sigpipe.as_mut() {
+                                g.raised = true;
+                            }
+                        }
+                        stopped = Some(Stopped::Local(Error::local(
+                            format!("write {local_name}"),
+                            e,
+                        )));
+                        deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                        break;
+                    }
+                }
+            }
+            if stopped.is_some() {
+                continue;
+            }
+            if done < data_len {
+                pending = Some(done);
+            } else {
+                conn.consume();
+                pending = None;
+                progress.add(data_len as u64, ctx.events);
+                // Progress callbacks may cancel: look again first.
+                continue;
+            }
+        }
+
+        while pending.is_none() {
+            let Some(msg) = conn.read_frame(serial)? else {
+                break;
+            };
+            match msg {
+                Incoming::SourceInfo { size, mode } => {
+                    progress.set_total((size != UNKNOWN_SIZE).then_some(size));
+                    on_source(size, mode);
+                }
+                Incoming::Data { .. } => {
+                    if stopped.is_some() || stream_over {
+                        conn.consume();
+                    } else {
+                        sum.update(conn.data());
+                        pending = Some(0);
+                    }
+                }
+                Incoming::End { len, checksum } => {
+                    stream_over = true;
+                    end_matched = sum.matches(len, checksum);
+                }
+                Incoming::Cancel => stream_over = true,
+                Incoming::Stop => {}
+                Incoming::Ok if !stream_over => {
+                    return Err(
+                        conn.fail_protocol("helper finished GET without ending its stream".into())
+                    );
+                }
+                Incoming::Ok => {
+                    return match stopped {
+                        Some(Stopped::User) => Err(Error::Cancelled),
+                        Some(Stopped::Local(e)) => Err(e),
+                        _ if end_matched => {
+                            progress.finish(ctx.events);
+                            Ok(())
+                        }
+                        _ => Err(Error::Remote {
+                            errno: libc::EBADMSG,
+                            message: format!(
+                                "download of {}: length or checksum mismatch; data discarded",
+                                String::from_utf8_lossy(remote)
+                            ),
+                        }),
+                    };
+                }
+                Incoming::Error { errno, message } => {
+                    return Err(match stopped {
+                        Some(Stopped::User) => Error::Cancelled,
+                        Some(Stopped::Local(e)) => e,
+                        _ => remote_error(errno, message),
+                    });
+                }
+                other => {
+                    return Err(conn.fail_protocol(format!("helper sent {other:?} during GET")));
+                }
+            }
+        }
+
+        let local = match pending {
+            Some(_) if !dst_ready => dst.poll_for(true),
+            _ => None,
+        };
+        let ready = conn.wait(ctx.cancel, pending.is_none(), local, deadline, ctx.events)?;
+        if ready.timed_out {
+            return Err(unresponsive(conn, stopped));
+        }
+        if ready.local || !dst.needs_poll_before_io() {
+            dst_ready = true;
+        }
+    }
+}
+
+/// LIST `remote`: collect DIRENTS until the final reply.
+pub(crate) fn list(
+    conn: &mut Connection,
+    ctx: &mut OpCtx<'_>,
+    remote: &[u8],
+) -> Result<Vec<(Vec<u8>, StatRecord)>, Error> {
+    let serial = conn.next_serial();
+    conn.queue(&Frame::List { path: remote }, serial)?;
+    let mut entries = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if ctx.cancel.is_requested() && deadline.is_none() {
+            deadline = Some(Instant::now() + ctx.cancel_timeout);
+            conn.queue(&Frame::Stop, serial)?;
+        }
+        conn.flush()?;
+        while let Some(msg) = conn.read_frame(serial)? {
+            match msg {
+                Incoming::Dirents(mut batch) => {
+                    if deadline.is_none() {
+                        entries.append(&mut batch);
+                    }
+                }
+                Incoming::Stop => {}
+                Incoming::Ok if deadline.is_some() => return Err(Error::Cancelled),
+                Incoming::Ok => return Ok(entries),
+                Incoming::Error { .. } if deadline.is_some() => return Err(Error::Cancelled),
+                Incoming::Error { errno, message } => return Err(remote_error(errno, message)),
+                other => {
+                    return Err(conn.fail_protocol(format!("helper sent {other:?} during LIST")))
+                }
+            }
+        }
+        let ready = conn.wait(ctx.cancel, true, None, deadline, ctx.events)?;
+        if ready.timed_out {
+            return Err(unresponsive(conn, Some(Stopped::User)));
+        }
+    }
+}
+
+/// A request with one final reply and no stream: STAT, MKDIR, REMOVE,
+/// RENAME. A cancel cannot undo such a request once sent. It only bounds
+/// the wait for the reply.
+pub(crate) fn simple(
+    conn: &mut Connection,
+    ctx: &mut OpCtx<'_>,
+    frame: &Frame<'_>,
+) -> Result<Reply, Error> {
+    let serial = conn.next_serial();
+    conn.queue(frame, serial)?;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if ctx.cancel.is_requested() && deadline.is_none() {
+            deadline = Some(Instant::now() + ctx.cancel_timeout);
+        }
+        conn.flush()?;
+        while let Some(msg) = conn.read_frame(serial)? {
+            match msg {
+                Incoming::Stop => {}
+                Incoming::Ok => return Ok(Reply::Ok),
+                Incoming::StatInfo(st) => return Ok(Reply::Stat(st)),
+                Incoming::Error { errno, message } => return Err(remote_error(errno, message)),
+                other => {
+                    let name = frame.kind().name();
+                    return Err(
+                        conn.fail_protocol(format!("helper sent {other:?} in reply to {name}"))
+                    );
+                }
+            }
+        }
+        let ready = conn.wait(ctx.cancel, true, None, deadline, ctx.events)?;
+        if ready.timed_out {
+            return Err(unresponsive(conn, Some(Stopped::User)));
+        }
+    }
+}
