@@ -1,0 +1,223 @@
+//! Whole frames in from the helper's input fd and out to its output fd.
+//!
+//! Reads keep a small look-ahead buffer so a header usually costs no system
+//! call of its own. Payloads are read straight into the caller's buffer,
+//! together with the next frame's header (one `readv`), so a stream of DATA
+//! frames costs one `readv` per chunk and no copying. Writes go out whole,
+//! with `send(MSG_NOSIGNAL)` on sockets so a vanished client gives EPIPE
+//! rather than SIGPIPE even where SIGPIPE is not ignored. Both directions
+//! retry EINTR and wait in `poll` on EAGAIN, since the fds may have been
+//! left non-blocking by ssh, sudo or podman.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::sys;
+use crate::wire::HEADER_LEN;
+
+/// Look-ahead size. Small, so that bytes of a DATA payload read ahead with
+/// a header (and then copied) stay few.
+const LOOKAHEAD_LEN: usize = 4096;
+
+pub(super) struct Channel<'fd> {
+    input: BorrowedFd<'fd>,
+    output: BorrowedFd<'fd>,
+    output_is_socket: bool,
+    lookahead: Box<[u8; LOOKAHEAD_LEN]>,
+    /// Unread bytes are `lookahead[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl<'fd> Channel<'fd> {
+    pub fn new(input: BorrowedFd<'fd>, output: BorrowedFd<'fd>) -> Channel<'fd> {
+        let output_is_socket = super::fs::fstat(output)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+            .unwrap_or(false);
+        Channel {
+            input,
+            output,
+            output_is_socket,
+            lookahead: Box::new([0; LOOKAHEAD_LEN]),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The next frame header. `None` at end of input on a frame boundary;
+    /// end of input inside a header is `UnexpectedEof`.
+    pub fn read_header(&mut self) -> io::Result<Option<[u8; HEADER_LEN]>> {
+        while self.end - self.start < HEADER_LEN {
+            if self.start > 0 {
+                self.lookahead.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let room = &mut self.lookahead[self.end..];
+            // SAFETY: room is writable for its whole length.
+            let n = retry(self.input, libc::POLLIN, || unsafe {
+                libc::read(self.input.as_raw_fd(), room.as_mut_ptr().cast(), room.len())
+            })?;
+            if n == 0 {
+                if self.end == 0 {
+                    return Ok(None);
+                }
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += n;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.lookahead[self.start..self.start + HEADER_LEN]);
+        self.consume(HEADER_LEN);
+        Ok(Some(header))
+    }
+
+    /// Fill `buf` with the payload of the frame whose header was just read.
+    pub fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let buffered = (self.end - self.start).min(buf.len());
+        buf[..buffered].copy_from_slice(&self.lookahead[self.start..self.start + buffered]);
+        self.consume(buffered);
+        let mut filled = buffered;
+        while filled < buf.len() {
+            // The look-ahead is empty here. Read the rest of the payload and
+            // at most the next header, so no later payload gets copied.
+            let want = buf.len() - filled;
+            let iov = [
+                libc::iovec {
+                    iov_base: buf[filled..].as_mut_ptr().cast(),
+                    iov_len: want,
+                },
+                libc::iovec {
+                    iov_base: self.lookahead.as_mut_ptr().cast(),
+                    iov_len: HEADER_LEN,
+                },
+            ];
+            // SAFETY: both iovecs point into live, writable buffers of the
+            // lengths given.
+            let n = retry(self.input, libc::POLLIN, || unsafe {
+                libc::readv(self.input.as_raw_fd(), iov.as_ptr(), 2)
+            })?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if n <= want {
+                filled += n;
+            } else {
+                filled = buf.len();
+                self.start = 0;
+                self.end = n - want;
+            }
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Whether a read would not block: bytes are buffered, or the input fd
+    /// is readable or hung up.
+    pub fn input_pending(&self) -> io::Result<bool> {
+        if self.end > self.start {
+            return Ok(true);
+        }
+        let mut fds = [sys::pollfd(self.input.as_raw_fd(), libc::POLLIN)];
+        loop {
+            // SAFETY: fds is a valid one-element pollfd array.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+            if r >= 0 {
+                return Ok(r > 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Write the concatenation of `parts` (at most 3) as one whole frame.
+    pub fn write_all(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 3];
+        assert!(parts.len() <= iov.len());
+        for (v, p) in iov.iter_mut().zip(parts) {
+            // The kernel only reads through these pointers.
+            v.iov_base = p.as_ptr() as *mut libc::c_void;
+            v.iov_len = p.len();
+        }
+        let mut first = 0;
+        let count = parts.len();
+        while first < count && iov[first].iov_len == 0 {
+            first += 1;
+        }
+        while first < count {
+            let live = &iov[first..count];
+            let n = if self.output_is_socket {
+                // SAFETY: msghdr is zeroed (no name, no control data) and
+                // points at live iovecs for the call's duration.
+                retry(self.output, libc::POLLOUT, || unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = live.as_ptr() as *mut libc::iovec;
+                    msg.msg_iovlen = live.len() as _;
+                    libc::sendmsg(self.output.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+                })?
+            } else {
+                // SAFETY: live holds valid iovecs over the caller's slices.
+                retry(self.output, libc::POLLOUT, || unsafe {
+                    libc::writev(self.output.as_raw_fd(), live.as_ptr(), live.len() as i32)
+                })?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let mut left = n;
+            while left > 0 {
+                let v = &mut iov[first];
+                if left >= v.iov_len {
+                    left -= v.iov_len;
+                    first += 1;
+                } else {
+                    // SAFETY: left < iov_len, so the pointer stays inside
+                    // the same slice.
+                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left).cast() };
+                    v.iov_len -= left;
+                    left = 0;
+                }
+            }
+            while first < count && iov[first].iov_len == 0 {
+                first += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run one read or write call until it neither is interrupted nor would
+/// block, waiting for `events` on `fd` when it would.
+fn retry(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    mut call: impl FnMut() -> libc::ssize_t,
+) -> io::Result<usize> {
+    loop {
+        let r = call();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => {
+                let mut fds = [sys::pollfd(fd.as_raw_fd(), events)];
+                sys::poll(&mut fds, None)?;
+            }
+            _ => return Err(e),
+        }
+    }
+}
