@@ -15,15 +15,6 @@ pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Same as [`cvt`] for `ssize_t` returns.
-pub fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
 /// Set or clear O_NONBLOCK on an fd's open file description.
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a borrowed, open fd; no pointers.

@@ -38,8 +38,6 @@ pub(crate) enum Broken {
 /// What one wait saw.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Ready {
-    /// The channel has bytes, or hung up.
-    pub channel_in: bool,
     /// The local fd is ready for the requested direction.
     pub local: bool,
     pub timed_out: bool,
@@ -49,29 +47,14 @@ pub(crate) struct Ready {
 /// reader until [`Connection::consume`].
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Welcome {
-        version: u16,
-        features: u64,
-        pid: u32,
-    },
-    Data {
-        len: usize,
-    },
-    End {
-        len: u64,
-        checksum: u64,
-    },
+    Welcome { version: u16, features: u64 },
+    Data,
+    End { len: u64, checksum: u64 },
     Cancel,
     Stop,
-    SourceInfo {
-        size: u64,
-        mode: u32,
-    },
+    SourceInfo { size: u64, mode: u32 },
     Ok,
-    Error {
-        errno: i32,
-        message: String,
-    },
+    Error { errno: i32, message: String },
     StatInfo(StatRecord),
     Dirents(Vec<(Vec<u8>, StatRecord)>),
 }
@@ -183,17 +166,11 @@ impl Connection {
         }
         let incoming = match frame {
             Frame::Welcome {
-                version,
-                features,
-                pid,
-            } => Incoming::Welcome {
-                version,
-                features,
-                pid,
-            },
-            Frame::Data(d) => {
+                version, features, ..
+            } => Incoming::Welcome { version, features },
+            Frame::Data(_) => {
                 // The payload stays in the reader until consume().
-                return Ok(Some(Incoming::Data { len: d.len() }));
+                return Ok(Some(Incoming::Data));
             }
             Frame::End { len, checksum } => Incoming::End { len, checksum },
             Frame::Cancel => Incoming::Cancel,
@@ -270,9 +247,7 @@ impl Connection {
         if fds[2].revents != 0 {
             self.drain_stderr(events);
         }
-        let channel_in = fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
         Ok(Ready {
-            channel_in,
             local: fds[3].revents != 0,
             timed_out: n == 0 && deadline.is_some_and(|d| Instant::now() >= d),
         })

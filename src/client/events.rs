@@ -138,10 +138,6 @@ impl Progress {
         self.total = total;
     }
 
-    pub fn done(&self) -> u64 {
-        self.done
-    }
-
     /// Count `n` more bytes and emit an event if the interval has passed.
     pub fn add(&mut self, n: u64, events: &mut Events) {
         self.done += n;

@@ -281,7 +281,7 @@ pub(crate) fn get(
                     progress.set_total((size != UNKNOWN_SIZE).then_some(size));
                     on_source(size, mode);
                 }
-                Incoming::Data { .. } => {
+                Incoming::Data => {
                     if stopped.is_some() || stream_over {
                         conn.consume();
                     } else {

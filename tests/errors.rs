@@ -1,0 +1,250 @@
+//! Bad peers, bad paths and failing filesystems: each gives a clear error
+//! with the right errno, and leaves nothing partial.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use barge::{Error, Handle};
+use common::*;
+
+fn fake_helper(script: &str) -> Handle {
+    let mut h = Handle::new().unwrap();
+    h.set_helper(["/bin/sh", "-c", script]).unwrap();
+    h.set_launch_timeout(Duration::from_secs(5));
+    h
+}
+
+fn launch_fails_fast(mut h: Handle) -> Error {
+    let start = Instant::now();
+    let e = h.launch().unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(zombie_children().is_empty());
+    e
+}
+
+#[test]
+fn garbage_from_the_helper_is_a_protocol_error() {
+    let e = launch_fails_fast(fake_helper("echo 'Welcome to the machine!'; sleep 30"));
+    assert!(matches!(e, Error::Protocol { .. }), "{e:?}");
+    assert_eq!(e.errno(), libc::EPROTO);
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_allocation() {
+    // A DATA header claiming almost 4 GiB.
+    let e = launch_fails_fast(fake_helper(
+        r"printf '\377\377\377\360\040\000\000\000\000\000\000\000\000\000\000\000'; sleep 30",
+    ));
+    assert_eq!(e.errno(), libc::EPROTO, "{e}");
+    assert!(e.to_string().contains("exceeds the limit"), "{e}");
+}
+
+#[test]
+fn a_helper_of_another_version_is_a_clear_error() {
+    let mut h = handle_with_fault("version=2", None);
+    h.set_launch_timeout(Duration::from_secs(5));
+    let e = launch_fails_fast(h);
+    assert_eq!(e.errno(), libc::EPROTONOSUPPORT, "{e}");
+    assert!(e.to_string().contains("version"), "{e}");
+}
+
+#[test]
+fn a_welcome_for_another_version_is_refused() {
+    // A hand-made WELCOME choosing version 2 (python3 writes the bytes).
+    let script = r#"python3 -c '
+import struct, sys
+body = b"BARGE\0\r\n" + struct.pack(">HQI", 2, 0, 1)
+sys.stdout.buffer.write(struct.pack(">IBBHQ", len(body), 2, 0, 0, 0) + body)
+sys.stdout.flush()
+import time; time.sleep(30)'"#;
+    let e = launch_fails_fast(fake_helper(script));
+    assert_eq!(e.errno(), libc::EPROTO, "{e}");
+    assert!(e.to_string().contains("version 2"), "{e}");
+    assert!(e.to_string().contains("version 1"), "{e}");
+}
+
+#[test]
+fn a_missing_helper_program_is_enoent() {
+    let mut h = Handle::new().unwrap();
+    h.set_helper(["/nonexistent/barge-helper"]).unwrap();
+    let e = h.launch().unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    assert!(e.to_string().contains("/nonexistent/barge-helper"), "{e}");
+}
+
+fn rooted(root: &Path) -> Handle {
+    let mut h = handle();
+    h.set_root(Some(root)).unwrap();
+    h
+}
+
+#[test]
+fn paths_cannot_escape_the_root() {
+    let base = tempdir();
+    let root = base.path().join("root");
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../outside", root.join("rel")).unwrap();
+    let local = tempdir();
+    let src = write_file(&local.path().join("x"), b"payload");
+    let mut h = rooted(&root);
+
+    // `..` above the root is refused outright.
+    for p in ["../x", "/../x", "a/../../x", "../outside/secret"] {
+        let e = h.upload(&src, p).unwrap_err();
+        assert_eq!(e.errno(), libc::EXDEV, "upload {p}: {e}");
+        assert_eq!(h.stat(p).unwrap_err().errno(), libc::EXDEV, "stat {p}");
+    }
+    // Symlinks resolve inside the root, so the outside stays untouched.
+    for p in ["/abs/x", "abs/secret", "/rel/x", "rel/secret"] {
+        let _ = h.upload(&src, p);
+        let _ = h.stat(p);
+    }
+    assert_eq!(tree(&outside), vec!["secret"]);
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert!(h.download("abs/secret", local.path().join("got")).is_err());
+    assert!(!local.path().join("got").exists());
+    // An absolute path names a file in the root.
+    h.upload(&src, "/inside.bin").unwrap();
+    assert_eq!(std::fs::read(root.join("inside.bin")).unwrap(), b"payload");
+}
+
+#[test]
+fn proc_magic_links_are_refused() {
+    // /proc/self/root is a magic link to the helper's root directory.
+    let mut h = rooted(Path::new("/proc/self"));
+    let e = h.stat("root/etc/passwd").unwrap_err();
+    assert_eq!(e.errno(), libc::ELOOP, "{e}");
+    assert!(h.stat("status").is_ok());
+}
+
+#[test]
+fn an_unknown_remote_path_is_enoent_and_creates_nothing_locally() {
+    let root = tempdir();
+    let local = tempdir();
+    let mut h = rooted(root.path());
+    let e = h.stat("/nope").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT);
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = h.download("/nope", local.path().join("nope")).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT);
+    assert_eq!(tree(local.path()), Vec::<String>::new());
+    let src = write_file(&local.path().join("s"), b"abc");
+    let e = h.upload(&src, "/no/such/dir/f").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    assert_eq!(tree(root.path()), Vec::<String>::new());
+    // The handle is fine afterwards.
+    h.upload(&src, "/f").unwrap();
+}
+
+#[test]
+fn a_missing_local_file_is_a_local_enoent() {
+    let mut h = handle();
+    let e = h.upload("/nonexistent/local/file", "/tmp/x").unwrap_err();
+    assert!(matches!(e, Error::Local { .. }), "{e:?}");
+    assert_eq!(e.errno(), libc::ENOENT);
+    assert!(e.to_string().contains("/nonexistent/local/file"), "{e}");
+}
+
+#[test]
+fn a_bad_root_fails_the_launch_with_its_errno() {
+    let mut h = handle();
+    h.set_root(Some(Path::new("/nonexistent/root"))).unwrap();
+    let e = h.launch().unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+    assert!(e.to_string().contains("/nonexistent/root"), "{e}");
+}
+
+/// Runs as root here; permission checks only bite an unprivileged helper,
+/// so the helper drops to `nobody` with setpriv.
+#[test]
+fn eacces_is_reported_with_nothing_partial() {
+    let root = tempdir();
+    let locked = root.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::write(locked.join("old"), b"old").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let mut h = handle();
+    // SAFETY: no pointers.
+    if unsafe { libc::geteuid() } == 0 {
+        h.set_helper([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            helper_path(),
+        ])
+        .unwrap();
+    }
+    h.set_root(Some(root.path())).unwrap();
+    let local = tempdir();
+    let src = write_file(&local.path().join("s"), &vec![9u8; 100_000]);
+    let e = h.upload(&src, "/locked/new").unwrap_err();
+    assert_eq!(e.errno(), libc::EACCES, "{e}");
+    let e = h.upload(&src, "/locked/old").unwrap_err();
+    assert_eq!(e.errno(), libc::EACCES, "{e}");
+    assert_eq!(tree(&locked), vec!["old"]);
+    assert_eq!(std::fs::read(locked.join("old")).unwrap(), b"old");
+}
+
+/// A 1 MiB tmpfs fills up mid-upload.
+#[test]
+fn enospc_is_reported_and_the_old_file_survives() {
+    // SAFETY: no pointers.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test mounts a tmpfs and must run as root (CI does)");
+    }
+    let dir = tempdir();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs failed");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Unmount(&mnt);
+    std::fs::write(mnt.join("keep"), b"precious").unwrap();
+    let local = tempdir();
+    let src = write_file(&local.path().join("big"), &vec![1u8; 3 << 20]);
+    let mut h = rooted(&mnt);
+    let e = h.upload(&src, "/keep").unwrap_err();
+    assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+    assert!(e.to_string().contains("keep"), "{e}");
+    assert_eq!(std::fs::read(mnt.join("keep")).unwrap(), b"precious");
+    assert_eq!(tree(&mnt), vec!["keep"]);
+    // The space came back: a small upload works on the same handle.
+    let small = write_file(&local.path().join("small"), b"fits");
+    h.upload(&small, "/other").unwrap();
+}
+
+#[test]
+fn an_injected_enospc_mid_download_stream_is_reported() {
+    let root = tempdir();
+    std::fs::write(root.path().join("f"), vec![3u8; 500_000]).unwrap();
+    let local = tempdir();
+    let mut h = handle_with_fault("fail@100000:EIO", None);
+    h.set_root(Some(root.path())).unwrap();
+    std::fs::write(local.path().join("f"), b"mine").unwrap();
+    let e = h.download("/f", local.path().join("f")).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert_eq!(std::fs::read(local.path().join("f")).unwrap(), b"mine");
+    assert_no_temp(local.path());
+}
