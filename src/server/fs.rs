@@ -36,6 +36,8 @@ pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::sta
     Ok(unsafe { st.assume_init() })
 }
 
+// nlink_t is u32 on some architectures.
+#[allow(clippy::unnecessary_cast)]
 pub(super) fn stat_record(st: &libc::stat) -> StatRecord {
     StatRecord {
         size: st.st_size as u64,
@@ -118,6 +120,8 @@ pub(super) fn read_link_fd(link: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 }
 
 /// The `f_type` of the file system an fd is on.
+// The statfs word is i32 on some architectures.
+#[allow(clippy::unnecessary_cast)]
 pub(super) fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     let mut sfs = MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: sfs is a writable statfs buffer; fstatfs works on O_PATH fds.

@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn dotdot_above_the_root_is_refused_lexically() {
         for p in [&b"../x"[..], b"/..", b"a/../../x", b"/a/b/../../.."] {
-            let e = beneath_root(p).err().expect("should be refused");
+            let e = beneath_root(p).expect_err("should be refused");
             assert_eq!(e.errno, libc::EXDEV, "{:?}", String::from_utf8_lossy(p));
         }
         assert_eq!(beneath_root(b"/a/../b").unwrap(), b"a/../b");

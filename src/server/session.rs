@@ -172,13 +172,12 @@ impl<'fd, 'o> Session<'fd, 'o> {
         };
         let header = match decode_header(&raw) {
             Ok(h) => h,
-            Err(e) => {
-                return Err(self.protocol_error(0, format!("expected HELLO: {e}")))
-            }
+            Err(e) => return Err(self.protocol_error(0, format!("expected HELLO: {e}"))),
         };
         if header.kind != FrameType::Hello {
+            // The client is waiting for the handshake's reply, serial 0.
             return Err(self.protocol_error(
-                header.serial,
+                0,
                 format!(
                     "expected HELLO, got {} for serial {}",
                     header.kind, header.serial
@@ -197,7 +196,10 @@ impl<'fd, 'o> Session<'fd, 'o> {
                     features,
                     root,
                 }) => (version_min, version_max, features, root.to_vec()),
-                Ok(_) => unreachable!("a HELLO header decodes to HELLO"),
+                Ok(other) => {
+                    let message = format!("expected HELLO, got {}", other.kind());
+                    return Err(self.protocol_error(0, message));
+                }
                 Err(e) => return Err(self.protocol_error(0, e.to_string())),
             };
         if header.serial != 0 {
