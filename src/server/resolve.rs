@@ -167,6 +167,12 @@ fn plain_name(name: &[u8]) -> Result<CString, Failure> {
 /// gives ELOOP, as RESOLVE_NO_MAGICLINKS does. `rest` has passed
 /// [`beneath_root`].
 pub(super) fn walk_in_root(root: BorrowedFd<'_>, rest: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    // A trailing slash asks for a directory, as it does of the kernel.
+    let flags = if rest.ends_with(b"/") {
+        flags | libc::O_DIRECTORY
+    } else {
+        flags
+    };
     // Directories entered so far, innermost last; empty means the root.
     let mut entered: Vec<OwnedFd> = Vec::new();
     // Components still to resolve, next one last.

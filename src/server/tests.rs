@@ -903,6 +903,8 @@ fn walking_by_hand_resolves_like_openat2() {
         (b"/a/../../x", Some(libc::EXDEV)),
         (b"/loop1", Some(libc::ELOOP)),
         (b"/top/x", Some(libc::ENOTDIR)),
+        (b"/top/", Some(libc::ENOTDIR)),
+        (b"/a/rooted/", None),
     ];
     for &(path, errno) in cases {
         let want = resolve_outcome(&kernel, path);
