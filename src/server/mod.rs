@@ -14,6 +14,24 @@
 //! - `fs`: the `*at` calls the requests make.
 //! - `fault`: test faults from `BARGE_HELPER_FAULT`.
 
+/// A line on stderr. A failed write is ignored: `eprintln!` would panic,
+/// and a helper whose stderr is gone still has work to finish.
+#[cfg(not(test))]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// In tests, through the test harness's output capture.
+#[cfg(test)]
+macro_rules! log_line {
+    ($($arg:tt)*) => {
+        eprintln!($($arg)*)
+    };
+}
+
 mod channel;
 mod fault;
 mod fs;
@@ -110,7 +128,7 @@ pub fn main_from_env() -> i32 {
     let opts = match ServerOptions::from_env() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("barge-helper: {e}");
+            log_line!("barge-helper: {e}");
             return 2;
         }
     };
@@ -120,7 +138,7 @@ pub fn main_from_env() -> i32 {
             match ms.parse() {
                 Ok(ms) => Duration::from_millis(ms),
                 Err(_) => {
-                    eprintln!("barge-helper: BARGE_HELPER_GRACE_MS={ms:?} is not a number of milliseconds");
+                    log_line!("barge-helper: BARGE_HELPER_GRACE_MS={ms:?} is not a number of milliseconds");
                     return 2;
                 }
             }
@@ -131,7 +149,7 @@ pub fn main_from_env() -> i32 {
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     }
     if let Err(e) = start_watchdog(grace) {
-        eprintln!("barge-helper: cannot start the watchdog thread: {e}");
+        log_line!("barge-helper: cannot start the watchdog thread: {e}");
         return 1;
     }
     // SAFETY: fds 0 and 1 stay open for the life of the process.

@@ -256,7 +256,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
 
     fn handle(&mut self, serial: u64, req: Request) -> Result<(), ServeEnd> {
         if self.opts.debug {
-            eprintln!(
+            log_line!(
                 "barge-helper: #{serial} {} {}",
                 req.kind().name(),
                 req.describe()
@@ -400,7 +400,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 continue;
             }
             if !dirent_fits_alone(bytes) {
-                eprintln!(
+                log_line!(
                     "barge-helper: list {}: skipping an entry whose name is too long for a frame",
                     show(path)
                 );
@@ -411,7 +411,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 // Removed since readdir saw it.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) => {
-                    eprintln!(
+                    log_line!(
                         "barge-helper: list {}: lstat {}: {e}",
                         show(path),
                         show(bytes)
@@ -674,7 +674,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
         match f.action {
             FaultAction::Stall => stall_forever(),
             FaultAction::Die => {
-                eprintln!("barge-helper: test fault: dying at byte {}", f.at);
+                log_line!("barge-helper: test fault: dying at byte {}", f.at);
                 // SAFETY: kill with our own pid; no pointers.
                 unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
                 stall_forever()
@@ -793,7 +793,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
         self.out.clear();
         if let Err(e) = encode_frame(frame, serial, &mut self.out) {
             // Only paths can fail to encode, and the helper sends none.
-            eprintln!(
+            log_line!(
                 "barge-helper: internal error: cannot encode {}: {e}",
                 frame.kind()
             );
@@ -811,7 +811,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
 
     /// The final ERROR for a request, logged to stderr too.
     fn reply_error(&mut self, serial: u64, errno: i32, message: String) -> Result<(), ServeEnd> {
-        eprintln!("barge-helper: {message}");
+        log_line!("barge-helper: {message}");
         self.send(
             &Frame::Error {
                 errno,
@@ -829,7 +829,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
     /// Report a protocol error to stderr and, if the output still works, to
     /// the client; serving then stops.
     fn protocol_error(&mut self, serial: u64, message: String) -> ServeEnd {
-        eprintln!("barge-helper: protocol error: {message}");
+        log_line!("barge-helper: protocol error: {message}");
         let _ = self.send(
             &Frame::Error {
                 errno: libc::EPROTO,
@@ -854,7 +854,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe
         ) || e.raw_os_error() == Some(libc::ECONNRESET);
         if !quiet || self.opts.debug {
-            eprintln!("barge-helper: connection to the client lost: {e}");
+            log_line!("barge-helper: connection to the client lost: {e}");
         }
         ServeEnd::ChannelLost
     }
