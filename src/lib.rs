@@ -19,6 +19,8 @@ pub mod atomic_file;
 pub mod cancel;
 pub mod client;
 mod error;
+pub mod ffi;
+mod helper_path;
 pub mod process;
 pub mod server;
 mod sys;
