@@ -167,8 +167,15 @@ pub(crate) fn put(
                 }
             }
         }
-        let want_src =
-            ended_with_end.is_none() && stopped.is_none() && conn.out.is_empty() && !src_ready;
+        // Wait only when there is nothing to do: the channel is full, the
+        // source has no bytes, or the stream has ended and the reply is due.
+        let sending = ended_with_end.is_none() && stopped.is_none();
+        let can_fill = sending && conn.out.is_empty() && src_ready;
+        let can_terminate = ended_with_end.is_none() && stopped.is_some() && conn.out.data_is_empty();
+        if can_fill || can_terminate {
+            continue;
+        }
+        let want_src = sending && conn.out.is_empty() && !src_ready;
         let local = if want_src { src.poll_for(false) } else { None };
         let ready = conn.wait(ctx.cancel, true, local, deadline, ctx.events)?;
         if ready.timed_out {
@@ -330,9 +337,13 @@ pub(crate) fn get(
             }
         }
 
+        // A DATA frame in hand and a destination ready for it: write now.
+        if pending.is_some() && dst_ready {
+            continue;
+        }
         let local = match pending {
-            Some(_) if !dst_ready => dst.poll_for(true),
-            _ => None,
+            Some(_) => dst.poll_for(true),
+            None => None,
         };
         let ready = conn.wait(ctx.cancel, pending.is_none(), local, deadline, ctx.events)?;
         if ready.timed_out {
