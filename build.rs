@@ -46,7 +46,9 @@ fn main() {
          /* MAJOR * 1000000 + MINOR * 1000 + PATCH, for #if comparisons. */\n\
          #define BARGE_VERSION_NUMBER \\\n\
          \x20   ((BARGE_VERSION_MAJOR * 1000000) + (BARGE_VERSION_MINOR * 1000) + \\\n\
-         \x20    BARGE_VERSION_PATCH)"
+         \x20    BARGE_VERSION_PATCH)\n\n\
+         /* The handle is opaque; see struct barge_h below. */\n\
+         typedef struct barge_h barge_h;"
     ));
     let bindings = cbindgen::Builder::new()
         .with_config(config)

@@ -19,6 +19,9 @@
     ((BARGE_VERSION_MAJOR * 1000000) + (BARGE_VERSION_MINOR * 1000) + \
      BARGE_VERSION_PATCH)
 
+/* The handle is opaque; see struct barge_h below. */
+typedef struct barge_h barge_h;
+
 /**
  * A helper was started and completed the handshake. `pid` is set.
  */
@@ -58,12 +61,12 @@
  * `barge_clear_cancel` and `barge_helper_pid` never wait. See
  * docs/C-API.md for the threading and signal rules.
  */
-typedef struct barge_h barge_h;
+struct barge_h;
 
 /**
  * Metadata of a remote file.
  */
-typedef struct barge_stat {
+struct barge_stat {
     /**
      * Size in bytes.
      */
@@ -89,12 +92,12 @@ typedef struct barge_stat {
      * Number of hard links.
      */
     uint64_t nlink;
-} barge_stat;
+};
 
 /**
  * One entry of a remote directory listing, from `barge_list`.
  */
-typedef struct barge_dirent {
+struct barge_dirent {
     /**
      * The entry's name (no directory part), NUL-terminated; not UTF-8 in
      * general. Owned by the array: freed by `barge_free_dirents`.
@@ -108,13 +111,13 @@ typedef struct barge_dirent {
      * The entry itself; a symlink is reported as a symlink.
      */
     struct barge_stat st;
-} barge_dirent;
+};
 
 /**
  * One event, passed to a callback. Valid only during the callback: copy
  * what you need to keep.
  */
-typedef struct barge_event {
+struct barge_event {
     /**
      * One of the BARGE_EVENT_* values.
      */
@@ -153,7 +156,7 @@ typedef struct barge_event {
      * SHUTDOWN: 1 when the helper stopped gracefully when asked, else 0.
      */
     int graceful;
-} barge_event;
+};
 
 /**
  * An event callback. `opaque` is the pointer given at registration; `ev`
