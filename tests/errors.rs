@@ -24,7 +24,6 @@ fn launch_fails_fast(mut h: Handle) -> Error {
         "took {:?}",
         start.elapsed()
     );
-    assert!(zombie_children().is_empty());
     e
 }
 

@@ -57,6 +57,11 @@ fn a_thousand_operations_leak_no_fd_and_leave_no_zombie() {
             std::thread::sleep(barge::client::CRASH_WINDOW);
             // SAFETY: signals our own child.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // The crash happens while idle: wait for it to land, so the next
+            // operation finds a dead helper rather than racing with it.
+            while alive(pid) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             crashed = true;
         }
     }

@@ -214,18 +214,30 @@ impl Connection {
     }
 
     /// Wait until the channel or local fd is ready, a cancel arrives, or the
-    /// deadline passes. Always includes the cancel fd; drains the helper's
-    /// stderr into LOG events on the way.
+    /// deadline passes. Drains the helper's stderr into LOG events on the
+    /// way.
+    ///
+    /// The cancel fd is polled until the operation has seen the cancel
+    /// (`cancel_seen`). From then on the eventfd stays readable until the
+    /// operation ends, so polling it would spin; the operation is then
+    /// waiting for the helper's answer, bounded by its cancel deadline.
+    #[allow(clippy::too_many_arguments)]
     pub fn wait(
         &mut self,
         cancel: &CancelState,
+        cancel_seen: bool,
         want_channel_in: bool,
         local: Option<(RawFd, libc::c_short)>,
         deadline: Option<Instant>,
         events: &mut Events,
     ) -> Result<Ready, Error> {
+        let cancel_fd = if cancel_seen {
+            -1
+        } else {
+            cancel.wake_fd().as_raw_fd()
+        };
         let mut fds = [
-            sys::pollfd(cancel.wake_fd().as_raw_fd(), libc::POLLIN),
+            sys::pollfd(cancel_fd, libc::POLLIN),
             sys::pollfd(self.channel.as_raw_fd(), 0),
             sys::pollfd(-1, 0),
             sys::pollfd(-1, 0),
@@ -243,13 +255,13 @@ impl Connection {
             fds[3] = sys::pollfd(fd, ev);
         }
         let timeout = sys::remaining(deadline);
-        let n = sys::poll(&mut fds, timeout).map_err(|e| Error::local("poll", e))?;
+        sys::poll(&mut fds, timeout).map_err(|e| Error::local("poll", e))?;
         if fds[2].revents != 0 {
             self.drain_stderr(events);
         }
         Ok(Ready {
             local: fds[3].revents != 0,
-            timed_out: n == 0 && deadline.is_some_and(|d| Instant::now() >= d),
+            timed_out: deadline.is_some_and(|d| Instant::now() >= d),
         })
     }
 

@@ -501,7 +501,14 @@ impl Handle {
                 if self.cancel.is_requested() {
                     return Err("cancelled during the graceful shutdown".into());
                 }
-                match conn.wait(&self.cancel, true, None, Some(deadline), &mut self.events) {
+                match conn.wait(
+                    &self.cancel,
+                    false,
+                    true,
+                    None,
+                    Some(deadline),
+                    &mut self.events,
+                ) {
                     Ok(r) if r.timed_out => {
                         return Err(format!(
                             "the helper did not exit within {} ms of SHUTDOWN",
@@ -647,12 +654,19 @@ impl Handle {
             Err(e) => {
                 let exited_by_itself = conn.process.try_reap().is_some()
                     || matches!(conn.broken, Some(Broken::HelperGone));
-                let status = match conn.process.wait_exit(Duration::from_millis(200), None) {
-                    WaitOutcome::Exited(s) => Some(s),
-                    _ => conn.process.kill(),
+                let refused = matches!(e, Error::Protocol { errno, .. } if errno != libc::EPROTO);
+                // A helper that hung up or refused the handshake is on its
+                // way out: give it a moment to exit by itself. Otherwise
+                // (cancel, timeout, garbage) kill it now.
+                let status = if exited_by_itself || refused {
+                    match conn.process.wait_exit(Duration::from_millis(200), None) {
+                        WaitOutcome::Exited(s) => Some(s),
+                        _ => conn.process.kill(),
+                    }
+                } else {
+                    conn.process.kill()
                 };
                 conn.collect_stderr(Duration::from_millis(200), &mut self.events);
-                let refused = matches!(e, Error::Protocol { errno, .. } if errno != libc::EPROTO);
                 if exited_by_itself && !refused && !matches!(e, Error::Cancelled) {
                     self.backoff.helper_died(conn.launched_at.elapsed());
                 }
@@ -722,7 +736,14 @@ impl Handle {
                     }
                 };
             }
-            let ready = conn.wait(&self.cancel, true, None, Some(deadline), &mut self.events)?;
+            let ready = conn.wait(
+                &self.cancel,
+                false,
+                true,
+                None,
+                Some(deadline),
+                &mut self.events,
+            )?;
             if ready.timed_out {
                 return Err(Error::Timeout(format!(
                     "the helper did not complete the handshake within {} ms",

@@ -171,13 +171,21 @@ pub(crate) fn put(
         // source has no bytes, or the stream has ended and the reply is due.
         let sending = ended_with_end.is_none() && stopped.is_none();
         let can_fill = sending && conn.out.is_empty() && src_ready;
-        let can_terminate = ended_with_end.is_none() && stopped.is_some() && conn.out.data_is_empty();
+        let can_terminate =
+            ended_with_end.is_none() && stopped.is_some() && conn.out.data_is_empty();
         if can_fill || can_terminate {
             continue;
         }
         let want_src = sending && conn.out.is_empty() && !src_ready;
         let local = if want_src { src.poll_for(false) } else { None };
-        let ready = conn.wait(ctx.cancel, true, local, deadline, ctx.events)?;
+        let ready = conn.wait(
+            ctx.cancel,
+            deadline.is_some(),
+            true,
+            local,
+            deadline,
+            ctx.events,
+        )?;
         if ready.timed_out {
             return Err(unresponsive(conn, stopped));
         }
@@ -345,7 +353,14 @@ pub(crate) fn get(
             Some(_) => dst.poll_for(true),
             None => None,
         };
-        let ready = conn.wait(ctx.cancel, pending.is_none(), local, deadline, ctx.events)?;
+        let ready = conn.wait(
+            ctx.cancel,
+            deadline.is_some(),
+            pending.is_none(),
+            local,
+            deadline,
+            ctx.events,
+        )?;
         if ready.timed_out {
             return Err(unresponsive(conn, stopped));
         }
@@ -388,7 +403,14 @@ pub(crate) fn list(
                 }
             }
         }
-        let ready = conn.wait(ctx.cancel, true, None, deadline, ctx.events)?;
+        let ready = conn.wait(
+            ctx.cancel,
+            deadline.is_some(),
+            true,
+            None,
+            deadline,
+            ctx.events,
+        )?;
         if ready.timed_out {
             return Err(unresponsive(conn, Some(Stopped::User)));
         }
@@ -425,7 +447,14 @@ pub(crate) fn simple(
                 }
             }
         }
-        let ready = conn.wait(ctx.cancel, true, None, deadline, ctx.events)?;
+        let ready = conn.wait(
+            ctx.cancel,
+            deadline.is_some(),
+            true,
+            None,
+            deadline,
+            ctx.events,
+        )?;
         if ready.timed_out {
             return Err(unresponsive(conn, Some(Stopped::User)));
         }

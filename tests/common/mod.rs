@@ -118,8 +118,25 @@ pub fn zombie_children() -> Vec<i32> {
     z
 }
 
-/// Whether a process exists (a zombie counts as gone).
+/// Whether a process exists. A child of ours that has fully exited (it
+/// could be reaped now) counts as gone; so does anyone else's zombie.
 pub fn alive(pid: u32) -> bool {
+    // SAFETY: an all-zero siginfo_t is valid for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: WNOWAIT leaves the child for its owner to reap; info is live.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r == 0 {
+        // SAFETY: waitid filled info.
+        return unsafe { info.si_pid() } == 0;
+    }
+    // Not our child (or already reaped): ask /proc.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s
             .rsplit_once(')')
