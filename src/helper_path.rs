@@ -19,7 +19,6 @@ const RELATIVE: [&str; 2] = [
 ];
 
 /// The helper installed next to this library, if there is one.
-#[allow(dead_code)] // Called from client::default_helper once wired in.
 pub(crate) fn installed_helper() -> Option<PathBuf> {
     let lib = this_object()?;
     let dir = lib.parent()?;
@@ -54,7 +53,7 @@ fn this_object() -> Option<PathBuf> {
     from_dladdr.or_else(|| std::env::current_exe().ok())
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
         return false;
     };

@@ -53,9 +53,11 @@ fn helper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_barge-helper"))
 }
 
-/// target/debug (or target/release): where Cargo put libbarge.so and .a.
+/// target/debug/deps: where `cargo test` builds libbarge.so and .a. (Only
+/// `cargo build` copies them up to target/debug, so the copies there may be
+/// stale.)
 fn lib_dir() -> PathBuf {
-    helper().parent().unwrap().to_path_buf()
+    helper().parent().unwrap().join("deps")
 }
 
 fn work_dir() -> PathBuf {

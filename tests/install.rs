@@ -14,12 +14,23 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// target/debug: the freshly built library and helper.
-fn build_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_barge-helper"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+/// A directory holding the freshly built library and helper, as
+/// install.sh --from expects. `cargo test` builds libbarge.so and .a in
+/// target/debug/deps (only `cargo build` copies them up a level, so the
+/// copies there may be stale), and the helper in target/debug.
+fn build_dir(work: &Path) -> PathBuf {
+    let helper = Path::new(env!("CARGO_BIN_EXE_barge-helper"));
+    let deps = helper.parent().unwrap().join("deps");
+    let dir = work.join("built");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, from) in [
+        ("libbarge.so", deps.join("libbarge.so")),
+        ("libbarge.a", deps.join("libbarge.a")),
+        ("barge-helper", helper.to_path_buf()),
+    ] {
+        std::os::unix::fs::symlink(from, dir.join(name)).unwrap();
+    }
+    dir
 }
 
 fn check(cmd: &mut Command) -> String {
@@ -41,7 +52,7 @@ fn install_and_build_put(prefix: &Path, work: &Path) -> PathBuf {
             .arg(manifest_dir().join("scripts/install.sh"))
             .arg("--no-build")
             .arg("--from")
-            .arg(build_dir())
+            .arg(build_dir(work))
             .arg(prefix),
     );
     let pc_path = prefix.join("lib/pkgconfig");

@@ -762,37 +762,27 @@ impl Drop for Handle {
 
 /// The helper a handle starts by default:
 /// 1. `$BARGE_HELPER`, when set;
-/// 2. `barge-helper` next to the running executable, or in its parent
+/// 2. the helper installed beside the library, `PREFIX/libexec/barge/
+///    barge-helper` (see `helper_path`);
+/// 3. `barge-helper` next to the running executable, or in its parent
 ///    directory (Cargo puts test binaries in `target/*/deps`);
-/// 3. the path the library was installed with (`BARGE_HELPER_PATH` at build
-///    time);
 /// 4. `barge-helper` on `$PATH`.
 pub fn default_helper() -> PathBuf {
     if let Some(p) = std::env::var_os("BARGE_HELPER").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
+    if let Some(p) = crate::helper_path::installed_helper() {
+        return p;
+    }
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(2) {
             let candidate = dir.join("barge-helper");
-            if is_executable(&candidate) {
+            if crate::helper_path::is_executable(&candidate) {
                 return candidate;
             }
         }
     }
-    if let Some(p) = option_env!("BARGE_HELPER_PATH") {
-        if is_executable(Path::new(p)) {
-            return PathBuf::from(p);
-        }
-    }
     PathBuf::from("barge-helper")
-}
-
-fn is_executable(p: &Path) -> bool {
-    let Ok(c) = local::path_cstring(p) else {
-        return false;
-    };
-    // SAFETY: c is NUL-terminated.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
 /// Split a local path into its directory (opened) and final component.
