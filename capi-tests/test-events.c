@@ -10,22 +10,22 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 static barge_h *h;
 
-static int is_zombie(int64_t pid) {
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%lld/stat", (long long) pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 1; /* reaped already */
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *end = strrchr(buf, ')'); /* the state follows "(comm) " */
-    return end && end[1] == ' ' && end[2] == 'Z';
+/* Whether our child `pid` has exited and can be reaped, without reaping
+ * it (WNOWAIT), so barge still collects its status. /proc's "Z" state is
+ * not enough: a killed helper's main thread shows Z while its other threads
+ * are still exiting, and waitpid cannot reap it yet. */
+static int is_waitable(int64_t pid) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t) pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0)
+        return 0;
+    return info.si_pid == (pid_t) pid;
 }
 
 /* LAUNCHED/SHUTDOWN pairing. */
@@ -197,10 +197,13 @@ int main(void) {
     CHECK(kill((pid_t) pid, SIGKILL) == 0, "kill");
     /* kill() returns before the process is dead; an operation that starts
      * before then fails with ECONNRESET (it met a dying helper) instead of
-     * finding a dead one and relaunching. Wait for the zombie. */
+     * finding a dead one and relaunching. Wait until it can be reaped. */
     double deadline = now_ms() + 5000;
-    while (!is_zombie(pid))
+    while (!is_waitable(pid)) {
         CHECK(now_ms() < deadline, "helper %lld did not die", (long long) pid);
+        struct timespec tick = {0, 1000000};
+        nanosleep(&tick, NULL);
+    }
     struct barge_stat st;
     OK(barge_stat(h, "/a.bin", &st));
     CHECK(shutdowns == 2 && launched == 3, "after the crash: launched %d shutdowns %d",

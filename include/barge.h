@@ -1,5 +1,5 @@
 /* barge: a file-transfer library over a helper process, with a
- * signal-safe cancel. C API conventions: docs/C-API.md.
+ * signal-safe cancel. C API conventions: README.md.
  *
  * Generated from src/ffi/ by cbindgen through build.rs. Do not edit. */
 
@@ -59,7 +59,7 @@ typedef struct barge_h barge_h;
  * one handle are serialized: a call made while another thread runs an
  * operation on the same handle waits for it. `barge_user_cancel`,
  * `barge_clear_cancel` and `barge_helper_pid` never wait. See
- * docs/C-API.md for the threading and signal rules.
+ * "C API conventions" in README.md for the threading and signal rules.
  */
 struct barge_h;
 
@@ -196,8 +196,8 @@ void barge_close(struct barge_h *h);
  * Set the command that starts the helper: a NULL-terminated argv, e.g.
  * `{"ssh", "-T", "host", "barge-helper", NULL}`. The strings are copied.
  * Default: the bundled helper, found with no configuration (see
- * docs/C-API.md). Takes effect at the next launch. EFAULT when `argv` is
- * NULL, EINVAL when it is empty.
+ * "C API conventions" in README.md). Takes effect at the next launch.
+ * EFAULT when `argv` is NULL, EINVAL when it is empty.
  */
 int barge_set_helper(struct barge_h *h, const char *const *argv);
 

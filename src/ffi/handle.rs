@@ -20,7 +20,7 @@ use crate::{CallbackId, Event, EventMask, Handle};
 /// one handle are serialized: a call made while another thread runs an
 /// operation on the same handle waits for it. `barge_user_cancel`,
 /// `barge_clear_cancel` and `barge_helper_pid` never wait. See
-/// docs/C-API.md for the threading and signal rules.
+/// "C API conventions" in README.md for the threading and signal rules.
 #[allow(non_camel_case_types)]
 pub struct barge_h {
     pub(crate) handle: Mutex<Handle>,
@@ -180,8 +180,8 @@ pub unsafe extern "C" fn barge_close(h: *mut barge_h) {
 /// Set the command that starts the helper: a NULL-terminated argv, e.g.
 /// `{"ssh", "-T", "host", "barge-helper", NULL}`. The strings are copied.
 /// Default: the bundled helper, found with no configuration (see
-/// docs/C-API.md). Takes effect at the next launch. EFAULT when `argv` is
-/// NULL, EINVAL when it is empty.
+/// "C API conventions" in README.md). Takes effect at the next launch.
+/// EFAULT when `argv` is NULL, EINVAL when it is empty.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_helper(h: *mut barge_h, argv: *const *const c_char) -> c_int {
     boundary("barge_set_helper", || {

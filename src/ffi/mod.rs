@@ -1,10 +1,10 @@
 //! The C ABI: `include/barge.h` is generated from this module by build.rs
-//! (cbindgen), and the rules it follows are written down once in
-//! `docs/C-API.md`.
+//! (cbindgen), and the rules it follows are written down once, in the
+//! README's "C API conventions".
 //!
 //! This layer holds no transfer logic. Each export converts its C arguments,
 //! calls one [`crate::Handle`] method and converts the result:
-//! - `boundary` wraps every export that can fail. It catches panics, turns
+//! - `boundary` (the one export boundary) wraps every export that can fail. It catches panics, turns
 //!   errors into -1 or NULL, and records the thread's last error and errno.
 //! - `guarded` wraps the few exports that must not touch the last error:
 //!   `barge_user_cancel` (async-signal-safe), `barge_get_error` and
@@ -21,8 +21,8 @@
 // C names: barge_h, struct barge_stat, barge_event_callback.
 #![allow(non_camel_case_types)]
 // Every export takes raw pointers under the same rules (NULL or valid for
-// the call; handles not yet closed), stated once in docs/C-API.md rather
-// than in each header comment.
+// the call; handles not yet closed), stated once in the README's "C API
+// conventions" rather than in each header comment.
 #![allow(clippy::missing_safety_doc)]
 
 // Declared in the order the header lists them.
