@@ -374,6 +374,25 @@ fn upload_of_dev_zero_streams_until_cancelled() {
     h.set_root(Some(root.path())).unwrap();
     let target = cancel_at(&mut h);
     target.store(3 << 20, Ordering::SeqCst);
+    // A character device has no size: progress reports an unknown total.
+    let totals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = totals.clone();
+    h.add_event_callback(EventMask::PROGRESS, move |ev| {
+        if let Event::Progress { done, total } = ev {
+            t.lock().unwrap().push((*done, *total));
+        }
+    });
     assert_cancelled(h.upload("/dev/zero", "/z.bin"), "/dev/zero");
     assert_eq!(tree(root.path()), Vec::<String>::new());
+    let totals = totals.lock().unwrap();
+    assert!(
+        totals.last().is_some_and(|(done, _)| *done >= 3 << 20),
+        "streamed too little: {:?}",
+        totals.last()
+    );
+    assert!(
+        totals.iter().all(|(_, total)| total.is_none()),
+        "a known total for /dev/zero: {:?}",
+        totals.iter().find(|(_, t)| t.is_some())
+    );
 }

@@ -360,7 +360,28 @@ fn the_helper_exits_when_its_client_goes_away_even_when_stuck() {
     // SAFETY: writes from a live buffer to our socket.
     let n = unsafe { libc::send(fd, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
     assert_eq!(n as usize, out.len());
-    std::thread::sleep(Duration::from_millis(100));
+    // Wait until the helper says it is stuck in the stall.
+    let mut said = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&said).contains("fault: stalling") {
+        assert!(
+            Instant::now() < deadline,
+            "the helper never stalled: {said:?}"
+        );
+        let mut pfd = libc::pollfd {
+            fd: s.stderr.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a live pollfd for an fd we own.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        let mut buf = [0u8; 512];
+        // SAFETY: reads into a live buffer from our non-blocking pipe.
+        let r = unsafe { libc::read(s.stderr.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r > 0 {
+            said.extend_from_slice(&buf[..r as usize]);
+        }
+    }
     let mut p = s.process;
     let pid = p.pid();
     drop(s.channel);

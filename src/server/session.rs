@@ -893,8 +893,10 @@ fn show(path: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(path)
 }
 
-/// The `stall` faults: never read or write again.
+/// The `stall` faults: never read or write again. The stderr line lets a
+/// test wait until the helper is stuck instead of guessing with a sleep.
 fn stall_forever() -> ! {
+    log_line!("barge-helper: fault: stalling");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
