@@ -327,3 +327,49 @@ fn the_header_version_macros_match_cargo_toml() {
     let runtime = unsafe { std::ffi::CStr::from_ptr(barge::ffi::handle::barge_version()) };
     assert_eq!(runtime.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
+
+/// Every `extern "C"` function in src/ffi: its name, its signature (from
+/// `fn` to the body's `{`) and the first statement of its body.
+fn ffi_exports() -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    let dir = manifest_dir().join("src/ffi");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("extern \"C\" fn ") {
+            let after = &rest[at + "extern \"C\" fn ".len()..];
+            let name_end = after.find(['(', '<']).unwrap();
+            let body_at = after.find('{').unwrap();
+            let body = after[body_at + 1..].trim_start();
+            let first = body.split(['(', ';']).next().unwrap_or("").trim();
+            found.push((
+                after[..name_end].to_string(),
+                after[..body_at].to_string(),
+                first.to_string(),
+            ));
+            rest = &after[body_at..];
+        }
+    }
+    found
+}
+
+#[test]
+fn every_export_passes_the_boundary_and_takes_no_reference() {
+    let exports = ffi_exports();
+    assert_eq!(
+        exports.iter().map(|e| e.0.clone()).collect::<BTreeSet<_>>(),
+        header_functions(),
+        "src/ffi's exports and the header differ"
+    );
+    for (name, signature, first) in &exports {
+        assert!(
+            !signature.contains('&'),
+            "{name} takes or returns a reference: {signature}"
+        );
+        assert!(
+            first == "boundary" || first == "guarded",
+            "{name} does not start with boundary(...) or guarded(...): {first}"
+        );
+    }
+}

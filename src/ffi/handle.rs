@@ -252,22 +252,19 @@ pub unsafe extern "C" fn barge_set_chunk_size(h: *mut barge_h, bytes: u32) -> c_
 /// to, before SIGTERM. Default 3000 ms.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_shutdown_timeout_ms(h: *mut barge_h, ms: u32) -> c_int {
-    // SAFETY: h per this function's contract.
-    unsafe {
-        set_duration(
-            h,
-            "barge_set_shutdown_timeout_ms",
-            ms,
-            Handle::set_shutdown_timeout,
-        )
-    }
+    boundary("barge_set_shutdown_timeout_ms", || {
+        // SAFETY: h per this function's contract.
+        unsafe { set_duration(h, ms, Handle::set_shutdown_timeout) }
+    })
 }
 
 /// How long to wait after SIGTERM before SIGKILL. Default 5000 ms.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_kill_timeout_ms(h: *mut barge_h, ms: u32) -> c_int {
-    // SAFETY: h per this function's contract.
-    unsafe { set_duration(h, "barge_set_kill_timeout_ms", ms, Handle::set_kill_timeout) }
+    boundary("barge_set_kill_timeout_ms", || {
+        // SAFETY: h per this function's contract.
+        unsafe { set_duration(h, ms, Handle::set_kill_timeout) }
+    })
 }
 
 /// How long the helper may take to answer a cancel before it is killed
@@ -275,63 +272,49 @@ pub unsafe extern "C" fn barge_set_kill_timeout_ms(h: *mut barge_h, ms: u32) -> 
 /// starts a new helper). Default 2000 ms.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_cancel_timeout_ms(h: *mut barge_h, ms: u32) -> c_int {
-    // SAFETY: h per this function's contract.
-    unsafe {
-        set_duration(
-            h,
-            "barge_set_cancel_timeout_ms",
-            ms,
-            Handle::set_cancel_timeout,
-        )
-    }
+    boundary("barge_set_cancel_timeout_ms", || {
+        // SAFETY: h per this function's contract.
+        unsafe { set_duration(h, ms, Handle::set_cancel_timeout) }
+    })
 }
 
 /// How long the helper may take to start and complete the handshake.
 /// Default 30000 ms.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_launch_timeout_ms(h: *mut barge_h, ms: u32) -> c_int {
-    // SAFETY: h per this function's contract.
-    unsafe {
-        set_duration(
-            h,
-            "barge_set_launch_timeout_ms",
-            ms,
-            Handle::set_launch_timeout,
-        )
-    }
+    boundary("barge_set_launch_timeout_ms", || {
+        // SAFETY: h per this function's contract.
+        unsafe { set_duration(h, ms, Handle::set_launch_timeout) }
+    })
 }
 
 /// Least time between two PROGRESS events of one transfer. Default 100 ms;
 /// 0 sends one per data frame.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_progress_interval_ms(h: *mut barge_h, ms: u32) -> c_int {
-    // SAFETY: h per this function's contract.
-    unsafe {
-        set_duration(
-            h,
-            "barge_set_progress_interval_ms",
-            ms,
-            Handle::set_progress_interval,
-        )
-    }
+    boundary("barge_set_progress_interval_ms", || {
+        // SAFETY: h per this function's contract.
+        unsafe { set_duration(h, ms, Handle::set_progress_interval) }
+    })
 }
 
+/// The body of the `barge_set_*_timeout_ms` setters.
+///
+/// # Safety
+/// `h` is NULL or a live handle.
 unsafe fn set_duration(
     h: *mut barge_h,
-    func: &'static str,
     ms: u32,
     set: fn(&mut Handle, Duration),
-) -> c_int {
-    boundary(func, || {
-        // SAFETY: h per this function's contract.
-        unsafe {
-            with_handle(h, |hd| {
-                set(hd, Duration::from_millis(ms.into()));
-                Ok(())
-            })
-        }?;
-        Ok(0)
-    })
+) -> Result<c_int, FfiError> {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_handle(h, |hd| {
+            set(hd, Duration::from_millis(ms.into()));
+            Ok(())
+        })
+    }?;
+    Ok(0)
 }
 
 /// Start the helper now, if none runs. Optional: every operation launches
