@@ -774,7 +774,9 @@ fn lib_bench(name: &str, src: &Path, dst: &Path, upload: bool, fast: bool) -> Be
 }
 
 fn set_fast(h: &mut Handle, fast: bool) {
-    let _ = (h, fast);
+    if !fast {
+        h.set_fast_path(false);
+    }
 }
 
 // ---------------------------------------------------------------- launch

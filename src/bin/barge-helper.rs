@@ -18,7 +18,8 @@ Environment:
                                 even if stuck (default 2000)
   BARGE_HELPER_FAULT=LIST       test faults, comma-separated: cancel@N,
                                 fail@N:ERRNO, stall@N, die@N, ignore-shutdown,
-                                ignore-sigterm, stall-handshake, version=N
+                                ignore-sigterm, stall-handshake, refuse-fd,
+                                version=N
   BARGE_HELPER_FAULT_PATH=TEXT  apply transfer faults only to paths
                                 containing TEXT
 ";

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelState;
@@ -47,16 +47,31 @@ pub(crate) struct Ready {
 /// reader until [`Connection::consume`].
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Welcome { version: u16, features: u64 },
+    Welcome {
+        version: u16,
+        features: u64,
+        pid: u32,
+    },
     Data,
-    End { len: u64, checksum: u64 },
+    End {
+        len: u64,
+        checksum: u64,
+    },
     Cancel,
     Stop,
-    SourceInfo { size: u64, mode: u32 },
+    SourceInfo {
+        size: u64,
+        mode: u32,
+    },
     Ok,
-    Error { errno: i32, message: String },
+    Error {
+        errno: i32,
+        message: String,
+    },
     StatInfo(StatRecord),
     Dirents(Vec<(Vec<u8>, StatRecord)>),
+    /// The fast path's running total (COPIED).
+    Copied(u64),
 }
 
 pub(crate) struct Connection {
@@ -70,6 +85,9 @@ pub(crate) struct Connection {
     pub launched_at: Instant,
     next_serial: u64,
     pub broken: Option<Broken>,
+    /// The helper granted the fast path, and it is our own child: local
+    /// files may be passed to it as fds (see `fastpath`).
+    pub fast_path: bool,
 }
 
 impl Connection {
@@ -90,6 +108,7 @@ impl Connection {
             launched_at: Instant::now(),
             next_serial: 1,
             broken: None,
+            fast_path: false,
         }
     }
 
@@ -130,6 +149,23 @@ impl Connection {
         })
     }
 
+    /// Queue a control frame that carries `fd` (SCM_RIGHTS) with its
+    /// first byte. Keeps a duplicate of the fd until the frame is sent.
+    pub fn queue_with_fd(
+        &mut self,
+        frame: &Frame<'_>,
+        serial: u64,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let dup = fd
+            .try_clone_to_owned()
+            .map_err(|e| Error::local("duplicate the file descriptor to pass", e))?;
+        let at = self.out.ctrl.len();
+        self.queue(frame, serial)?;
+        self.out.fd = Some((at, dup));
+        Ok(())
+    }
+
     /// Send what is queued, without blocking.
     pub fn flush(&mut self) -> Result<(), Error> {
         match self.out.send(self.channel.as_raw_fd()) {
@@ -166,8 +202,14 @@ impl Connection {
         }
         let incoming = match frame {
             Frame::Welcome {
-                version, features, ..
-            } => Incoming::Welcome { version, features },
+                version,
+                features,
+                pid,
+            } => Incoming::Welcome {
+                version,
+                features,
+                pid,
+            },
             Frame::Data(_) => {
                 // The payload stays in the reader until consume().
                 return Ok(Some(Incoming::Data));
@@ -190,6 +232,7 @@ impl Connection {
             Frame::Dirents(d) => {
                 Incoming::Dirents(d.iter().map(|(n, st)| (n.to_vec(), st)).collect())
             }
+            Frame::Copied { total } => Incoming::Copied(total),
             other => {
                 let msg = format!(
                     "helper sent unexpected {} for serial {}",
@@ -346,6 +389,8 @@ fn is_gone(e: &io::Error) -> bool {
 pub(crate) struct OutBuf {
     ctrl: Vec<u8>,
     ctrl_pos: usize,
+    /// An fd to pass with the control byte at this offset.
+    fd: Option<(usize, OwnedFd)>,
     /// `[header | payload]`, allocated once at the chunk size.
     data: Box<[u8]>,
     data_pos: usize,
@@ -357,6 +402,7 @@ impl OutBuf {
         OutBuf {
             ctrl: Vec::with_capacity(256),
             ctrl_pos: 0,
+            fd: None,
             data: Box::default(),
             data_pos: 0,
             data_end: 0,
@@ -402,7 +448,18 @@ impl OutBuf {
 
     fn send(&mut self, fd: RawFd) -> io::Result<()> {
         while self.ctrl_pos < self.ctrl.len() {
-            match send_some(fd, &self.ctrl[self.ctrl_pos..])? {
+            let sent = match &self.fd {
+                Some((at, pass)) if *at == self.ctrl_pos => {
+                    let n = send_with_fd(fd, &self.ctrl[self.ctrl_pos..], pass.as_raw_fd())?;
+                    if n.is_some() {
+                        self.fd = None;
+                    }
+                    n
+                }
+                Some((at, _)) => send_some(fd, &self.ctrl[self.ctrl_pos..*at])?,
+                None => send_some(fd, &self.ctrl[self.ctrl_pos..])?,
+            };
+            match sent {
                 Some(n) => self.ctrl_pos += n,
                 None => return Ok(()),
             }
@@ -433,6 +490,48 @@ fn send_some(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
                 buf.len(),
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match sys::errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Ok(None),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// Like [`send_some`], with `pass` attached as SCM_RIGHTS to the first
+/// byte. A send that takes any byte has passed the fd.
+fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd) -> io::Result<Option<usize>> {
+    // Aligned room for one cmsghdr and one int.
+    let mut control = [0u64; 4];
+    loop {
+        // SAFETY: msghdr and the control buffer are zeroed and live for
+        // the call; the cmsg written fits in the buffer (CMSG_SPACE of one
+        // int is at most 24 bytes, the buffer is 32), and iov points at
+        // the caller's live slice.
+        let n = unsafe {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+            debug_assert!(space <= std::mem::size_of_val(&control));
+            let mut iov = libc::iovec {
+                iov_base: buf.as_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            libc::CMSG_DATA(cmsg)
+                .cast::<libc::c_int>()
+                .write_unaligned(pass);
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
         };
         if n >= 0 {
             return Ok(Some(n as usize));

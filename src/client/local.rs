@@ -109,6 +109,13 @@ impl<'a> LocalFile<'a> {
         ))
     }
 
+    /// The fd, when it is a regular file (which the fast path can pass to
+    /// the helper).
+    pub fn regular_fd(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: self.fd stays open as long as self (owned or borrowed).
+        (self.kind == Kind::Regular).then(|| unsafe { BorrowedFd::borrow_raw(self.fd) })
+    }
+
     /// The fd and events to poll before the next read or write, or `None`
     /// when the file is always ready (regular files).
     pub fn poll_for(&self, write: bool) -> Option<(RawFd, libc::c_short)> {

@@ -9,6 +9,7 @@
 
 mod conn;
 mod events;
+mod fastpath;
 mod local;
 mod transfer;
 
@@ -81,6 +82,8 @@ struct Config {
     cancel_timeout: Duration,
     launch_timeout: Duration,
     progress_interval: Duration,
+    /// Offer the fast path: `None` means only with the default helper.
+    fast_path: Option<bool>,
 }
 
 #[derive(Default)]
@@ -157,6 +160,9 @@ impl Handle {
                 cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
                 launch_timeout: DEFAULT_LAUNCH_TIMEOUT,
                 progress_interval: DEFAULT_PROGRESS_INTERVAL,
+                fast_path: std::env::var_os("BARGE_FASTPATH")
+                    .filter(|v| v == "0")
+                    .map(|_| false),
             },
             cancel: Arc::new(CancelState::new().map_err(|e| Error::local("eventfd", e))?),
             events: Events::default(),
@@ -200,6 +206,24 @@ impl Handle {
         }
         self.config.root = root;
         Ok(())
+    }
+
+    /// Whether to offer the fast path: local files passed to the helper as
+    /// fds and copied in the kernel (`docs/PROTOCOL.md`, "The fast path").
+    /// By default it is offered only to the default helper, and
+    /// `BARGE_FASTPATH=0` in the environment turns it off for handles
+    /// created afterwards. `true` offers it to any helper command; it is
+    /// still used only when the helper is this process's own child on the
+    /// same kernel and says so, never through ssh, sudo or a container.
+    /// Either way, results and guarantees are those of the stream path.
+    /// Takes effect at the next launch.
+    pub fn set_fast_path(&mut self, enable: bool) {
+        self.config.fast_path = Some(enable);
+    }
+
+    /// Whether the running helper uses the fast path.
+    pub fn uses_fast_path(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.fast_path)
     }
 
     /// Start the helper in its own process group (default `true`), so a
@@ -314,6 +338,12 @@ impl Handle {
             let name = local.display().to_string();
             let (mut src, info) = LocalFile::open_source(local)
                 .map_err(|e| Error::local(format!("open {name}"), e))?;
+            if let (true, Some(fd), Some(size)) = (conn.fast_path, src.regular_fd(), info.size) {
+                let mode = info.mode & 0o7777;
+                if let fastpath::Outcome::Done = fastpath::put(conn, ctx, fd, remote, mode, size)? {
+                    return Ok(());
+                }
+            }
             transfer::put(
                 conn,
                 ctx,
@@ -366,9 +396,15 @@ impl Handle {
                 // SAFETY: the AtomicFile outlives this borrow; it is only
                 // dropped or committed after the transfer returns.
                 let borrowed = unsafe { BorrowedFd::borrow_raw(borrowed.as_raw_fd()) };
-                let (mut dst, _) =
-                    LocalFile::from_fd(borrowed, true).map_err(|e| Error::local(&name, e))?;
-                transfer::get(conn, ctx, &mut dst, remote, &name, &mut on_source)?;
+                let fast = match conn.fast_path {
+                    true => fastpath::get(conn, ctx, borrowed, remote, &mut on_source)?,
+                    false => fastpath::Outcome::Refused,
+                };
+                if let fastpath::Outcome::Refused = fast {
+                    let (mut dst, _) =
+                        LocalFile::from_fd(borrowed, true).map_err(|e| Error::local(&name, e))?;
+                    transfer::get(conn, ctx, &mut dst, remote, &name, &mut on_source)?;
+                }
             }
             file.commit()
                 .map_err(|e| Error::local(format!("rename into {name}"), e))
@@ -693,11 +729,16 @@ impl Handle {
     }
 
     fn handshake(&mut self, conn: &mut Connection) -> Result<()> {
+        let offered = match self.config.fast_path {
+            Some(enable) => enable,
+            None => self.config.helper.is_none(),
+        };
+        let offered = if offered { wire::FEATURE_FD_PASSING } else { 0 };
         conn.queue(
             &Frame::Hello {
                 version_min: wire::VERSION,
                 version_max: wire::VERSION,
-                features: 0,
+                features: offered,
                 root: &self.config.root,
             },
             0,
@@ -711,7 +752,9 @@ impl Handle {
             if let Some(msg) = conn.read_frame(0)? {
                 return match msg {
                     Incoming::Welcome {
-                        version, features, ..
+                        version,
+                        features,
+                        pid,
                     } => {
                         if version != wire::VERSION {
                             return Err(conn.fail_protocol(format!(
@@ -719,11 +762,16 @@ impl Handle {
                                 wire::VERSION
                             )));
                         }
-                        if features != 0 {
+                        if features & !offered != 0 {
                             return Err(conn.fail_protocol(format!(
                                 "the helper accepted feature bits {features:#x} that were not offered"
                             )));
                         }
+                        // The fast path needs the helper to be our own child:
+                        // through a launcher (ssh, sudo) the WELCOME's pid is
+                        // not the pid we started.
+                        conn.fast_path = features & wire::FEATURE_FD_PASSING != 0
+                            && pid == conn.process.pid() as u32;
                         Ok(())
                     }
                     Incoming::Error { errno, message } => Err(Error::Protocol {

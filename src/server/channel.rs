@@ -10,7 +10,7 @@
 //! left non-blocking by ssh, sudo or podman.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::sys;
 use crate::wire::HEADER_LEN;
@@ -23,6 +23,11 @@ pub(super) struct Channel<'fd> {
     input: BorrowedFd<'fd>,
     output: BorrowedFd<'fd>,
     output_is_socket: bool,
+    /// Read with `recvmsg` and keep an fd passed with SCM_RIGHTS (the fast
+    /// path). Off, `read` lets the kernel close any fd that comes along.
+    receive_fds: bool,
+    /// The last fd the client passed, until a request takes it.
+    received_fd: Option<OwnedFd>,
     lookahead: Box<[u8; LOOKAHEAD_LEN]>,
     /// Unread bytes are `lookahead[start..end]`.
     start: usize,
@@ -38,9 +43,92 @@ impl<'fd> Channel<'fd> {
             input,
             output,
             output_is_socket,
+            receive_fds: false,
+            received_fd: None,
             lookahead: Box::new([0; LOOKAHEAD_LEN]),
             start: 0,
             end: 0,
+        }
+    }
+
+    /// From now on, keep fds the client passes with SCM_RIGHTS. Only for
+    /// an input that is a Unix socket.
+    pub fn receive_fds(&mut self) {
+        self.receive_fds = true;
+    }
+
+    pub fn input(&self) -> BorrowedFd<'fd> {
+        self.input
+    }
+
+    pub fn output(&self) -> BorrowedFd<'fd> {
+        self.output
+    }
+
+    pub fn receives_fds(&self) -> bool {
+        self.receive_fds
+    }
+
+    /// The fd that came with the frames read so far, if any.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.received_fd.take()
+    }
+
+    /// One `readv` of the input, or `recvmsg` when fds are received.
+    fn read_input(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+        if !self.receive_fds {
+            // SAFETY: the iovecs point into live, writable buffers.
+            return retry(self.input, libc::POLLIN, || unsafe {
+                libc::readv(self.input.as_raw_fd(), iov.as_ptr(), iov.len() as i32)
+            });
+        }
+        // Room for a few fds; a client passes one per request.
+        let mut control = [0u64; 8];
+        let mut control_len: usize = 0;
+        let n = retry(self.input, libc::POLLIN, || {
+            // SAFETY: msghdr is zeroed, then points at live iovecs and at a
+            // live, aligned control buffer of the length given.
+            unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iov.len() as _;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                let r = libc::recvmsg(self.input.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+                control_len = msg.msg_controllen as usize;
+                r
+            }
+        })?;
+        if control_len > 0 {
+            self.collect_fds(&mut control, control_len);
+        }
+        Ok(n)
+    }
+
+    /// Keep the first fd of the SCM_RIGHTS messages in `control` and close
+    /// the rest.
+    fn collect_fds(&mut self, control: &mut [u64; 8], len: usize) {
+        // SAFETY: a msghdr describing the control bytes recvmsg wrote; the
+        // CMSG_* macros only walk within msg_controllen, and each fd read
+        // is a new fd this process now owns.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = len as _;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                    let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        let fd = OwnedFd::from_raw_fd(data.add(i).read_unaligned());
+                        if self.received_fd.is_none() {
+                            self.received_fd = Some(fd);
+                        }
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
         }
     }
 
@@ -54,10 +142,11 @@ impl<'fd> Channel<'fd> {
                 self.start = 0;
             }
             let room = &mut self.lookahead[self.end..];
-            // SAFETY: room is writable for its whole length.
-            let n = retry(self.input, libc::POLLIN, || unsafe {
-                libc::read(self.input.as_raw_fd(), room.as_mut_ptr().cast(), room.len())
-            })?;
+            let iov = [libc::iovec {
+                iov_base: room.as_mut_ptr().cast(),
+                iov_len: room.len(),
+            }];
+            let n = self.read_input(&iov)?;
             if n == 0 {
                 if self.end == 0 {
                     return Ok(None);
@@ -92,11 +181,9 @@ impl<'fd> Channel<'fd> {
                     iov_len: HEADER_LEN,
                 },
             ];
-            // SAFETY: both iovecs point into live, writable buffers of the
-            // lengths given.
-            let n = retry(self.input, libc::POLLIN, || unsafe {
-                libc::readv(self.input.as_raw_fd(), iov.as_ptr(), 2)
-            })?;
+            // Both iovecs point into live, writable buffers of the lengths
+            // given.
+            let n = self.read_input(&iov)?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }

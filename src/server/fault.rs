@@ -41,6 +41,9 @@ pub struct Fault {
     pub stall_handshake: bool,
     /// Speak only this protocol version.
     pub version: Option<u16>,
+    /// Grant the fast path but refuse every PUT_FD and GET_FD with
+    /// `EOPNOTSUPP`, as a helper that cannot use the passed fd would.
+    pub refuse_fd: bool,
 }
 
 impl Fault {
@@ -79,6 +82,7 @@ fn parse_item(item: &str, fault: &mut Fault) -> Result<(), String> {
         "ignore-shutdown" => fault.ignore_shutdown = true,
         "ignore-sigterm" => fault.ignore_sigterm = true,
         "stall-handshake" => fault.stall_handshake = true,
+        "refuse-fd" => fault.refuse_fd = true,
         _ => {
             if let Some(v) = item.strip_prefix("version=") {
                 let v = v.parse().map_err(|_| "the version is not a number")?;

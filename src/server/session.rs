@@ -21,8 +21,9 @@ use crate::wire::{
     Frame, FrameType, StreamChecksum, HEADER_LEN, MAX_CHUNK, MAX_CONTROL, UNKNOWN_SIZE, VERSION,
 };
 
-/// Feature bits this helper supports: none are defined in version 1.
-const SUPPORTED_FEATURES: u64 = 0;
+// The fast path's requests (PUT_FD, GET_FD) and when it is granted.
+#[path = "fastpath.rs"]
+mod fastpath;
 
 /// A request, copied out of the frame buffer so its handler may use the
 /// channel.
@@ -54,6 +55,14 @@ enum Request {
         path: Vec<u8>,
     },
     Shutdown,
+    PutFd {
+        mode: u32,
+        size: u64,
+        path: Vec<u8>,
+    },
+    GetFd {
+        path: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -67,6 +76,8 @@ impl Request {
             Request::Put { .. } => FrameType::Put,
             Request::Get { .. } => FrameType::Get,
             Request::Shutdown => FrameType::Shutdown,
+            Request::PutFd { .. } => FrameType::PutFd,
+            Request::GetFd { .. } => FrameType::GetFd,
         }
     }
 
@@ -78,7 +89,9 @@ impl Request {
             | Request::Mkdir { path, .. }
             | Request::Remove { path }
             | Request::Put { path, .. }
-            | Request::Get { path, .. } => show(path).into_owned(),
+            | Request::Get { path, .. }
+            | Request::PutFd { path, .. }
+            | Request::GetFd { path } => show(path).into_owned(),
             Request::Rename { from, to } => format!("{} to {}", show(from), show(to)),
             Request::Shutdown => String::new(),
         }
@@ -230,10 +243,11 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 }
             }
         }
+        let features = self.grant_features(features);
         self.send(
             &Frame::Welcome {
                 version: speaks,
-                features: features & SUPPORTED_FEATURES,
+                features,
                 pid: std::process::id(),
             },
             0,
@@ -292,6 +306,8 @@ impl<'fd, 'o> Session<'fd, 'o> {
             },
             Request::Put { mode, path } => self.put(serial, mode, &path),
             Request::Get { chunk, path } => self.get(serial, chunk as usize, &path),
+            Request::PutFd { mode, size, path } => self.put_fd(serial, mode, size, &path),
+            Request::GetFd { path } => self.get_fd(serial, &path),
             Request::Shutdown => {
                 if self.opts.fault.ignore_shutdown {
                     return Ok(());
@@ -773,6 +789,14 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 path: path.to_vec(),
             }),
             Frame::Shutdown => req(Request::Shutdown),
+            Frame::PutFd { mode, size, path } if self.chan.receives_fds() => req(Request::PutFd {
+                mode,
+                size,
+                path: path.to_vec(),
+            }),
+            Frame::GetFd { path } if self.chan.receives_fds() => req(Request::GetFd {
+                path: path.to_vec(),
+            }),
             Frame::End { len, checksum } => Some(Incoming::End {
                 serial,
                 len,

@@ -35,6 +35,10 @@ pub const MAX_CONTROL: u32 = 64 << 10;
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
 /// Encoded length of a [`StatRecord`].
 pub const STAT_RECORD_LEN: usize = 40;
+/// Feature bit: the helper takes local files as fds passed with
+/// SCM_RIGHTS (PUT_FD, GET_FD) and copies them in the kernel. See
+/// `docs/PROTOCOL.md`, "The fast path".
+pub const FEATURE_FD_PASSING: u64 = 0x1;
 
 /// Frame types. The numbers are part of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +63,9 @@ pub enum FrameType {
     Error = 0x31,
     StatInfo = 0x32,
     Dirents = 0x33,
+    PutFd = 0x40,
+    GetFd = 0x41,
+    Copied = 0x42,
 }
 
 impl FrameType {
@@ -85,6 +92,9 @@ impl FrameType {
             0x31 => Error,
             0x32 => StatInfo,
             0x33 => Dirents,
+            0x40 => PutFd,
+            0x41 => GetFd,
+            0x42 => Copied,
             _ => return None,
         })
     }
@@ -112,6 +122,9 @@ impl FrameType {
             Error => "ERROR",
             StatInfo => "STAT_INFO",
             Dirents => "DIRENTS",
+            PutFd => "PUT_FD",
+            GetFd => "GET_FD",
+            Copied => "COPIED",
         }
     }
 
@@ -286,6 +299,22 @@ pub enum Frame<'a> {
     },
     StatInfo(StatRecord),
     Dirents(Dirents<'a>),
+    /// PUT with the local source passed as an fd alongside the frame.
+    PutFd {
+        mode: u32,
+        /// The source's size when the client opened it.
+        size: u64,
+        path: &'a [u8],
+    },
+    /// GET into the client's destination, passed as an fd alongside the
+    /// frame.
+    GetFd {
+        path: &'a [u8],
+    },
+    /// Bytes the helper has copied so far in a PUT_FD or GET_FD.
+    Copied {
+        total: u64,
+    },
 }
 
 impl Frame<'_> {
@@ -312,6 +341,9 @@ impl Frame<'_> {
             Frame::Error { .. } => T::Error,
             Frame::StatInfo(_) => T::StatInfo,
             Frame::Dirents(_) => T::Dirents,
+            Frame::PutFd { .. } => T::PutFd,
+            Frame::GetFd { .. } => T::GetFd,
+            Frame::Copied { .. } => T::Copied,
         }
     }
 }
@@ -502,6 +534,13 @@ pub fn decode_frame<'a>(header: &Header, payload: &'a [u8]) -> Result<Frame<'a>,
             check.finish()?;
             return Ok(Frame::Dirents(Dirents { count, records }));
         }
+        FrameType::PutFd => Frame::PutFd {
+            mode: rd.u32()?,
+            size: rd.u64()?,
+            path: rd.path()?,
+        },
+        FrameType::GetFd => Frame::GetFd { path: rd.path()? },
+        FrameType::Copied => Frame::Copied { total: rd.u64()? },
     };
     rd.finish()?;
     Ok(frame)
@@ -573,9 +612,10 @@ fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
             out.extend_from_slice(&features.to_be_bytes());
             out.extend_from_slice(&pid.to_be_bytes());
         }
-        Frame::Stat { path: p } | Frame::List { path: p } | Frame::Remove { path: p } => {
-            path(out, p)?
-        }
+        Frame::Stat { path: p }
+        | Frame::List { path: p }
+        | Frame::Remove { path: p }
+        | Frame::GetFd { path: p } => path(out, p)?,
         Frame::Get { chunk, path: p } => {
             out.extend_from_slice(&chunk.to_be_bytes());
             path(out, p)?;
@@ -594,6 +634,11 @@ fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
             path(out, to)?;
         }
         Frame::Put {
+            mode,
+            size,
+            path: p,
+        }
+        | Frame::PutFd {
             mode,
             size,
             path: p,
@@ -620,6 +665,7 @@ fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
             put_bytes(out, &message[..message.len().min(room)]);
         }
         Frame::StatInfo(ref st) => put_stat(out, st),
+        Frame::Copied { total } => out.extend_from_slice(&total.to_be_bytes()),
         Frame::Dirents(d) => {
             out.extend_from_slice(&d.count.to_be_bytes());
             out.extend_from_slice(d.records);

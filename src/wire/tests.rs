@@ -381,3 +381,36 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn fast_path_frames_roundtrip_and_check_their_fields() {
+    roundtrip(
+        Frame::PutFd {
+            mode: 0o600,
+            size: 1 << 33,
+            path: b"d/f\xfe",
+        },
+        7,
+    );
+    roundtrip(Frame::GetFd { path: b"/x" }, 8);
+    roundtrip(
+        Frame::Copied {
+            total: u64::MAX - 1,
+        },
+        9,
+    );
+    // A path with NUL, and a COPIED with a short payload, are refused.
+    let mut buf = Vec::new();
+    assert!(encode_frame(&Frame::GetFd { path: b"a\0b" }, 1, &mut buf).is_err());
+    let h = Header {
+        kind: FrameType::Copied,
+        len: 4,
+        serial: 1,
+    };
+    assert!(matches!(
+        decode_frame(&h, &[0; 4]),
+        Err(DecodeError::Truncated { .. })
+    ));
+    assert_eq!(FrameType::from_u8(0x40), Some(FrameType::PutFd));
+    assert_eq!(FrameType::GetFd.max_payload(), MAX_CONTROL);
+}
