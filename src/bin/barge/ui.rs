@@ -145,7 +145,13 @@ pub fn error_line(e: &Error) -> String {
     if matches!(e, Error::Cancelled) {
         return "cancelled".into();
     }
-    let text = e.to_string().replace(['\n', '\r'], " ");
+    let text = e
+        .to_string()
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     let meaning = strerror(e.errno());
     if text.contains(&meaning) {
         text
@@ -166,7 +172,7 @@ mod tests {
         };
         assert_eq!(error_line(&e), "open /x: No such file or directory");
         let e = Error::HelperDied {
-            message: "the helper (pid 7) was killed by signal 9\nand more".into(),
+            message: "the helper (pid 7) was killed by signal 9\r\nand more\r\n".into(),
         };
         assert_eq!(
             error_line(&e),
