@@ -8,4 +8,8 @@
 #   bench/run.sh --only file,launch --dir /some/scratch --out FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A second build whose stream checksum hashes nothing, for the "cost of the
+# checksum" table; it lives in its own target directory.
+cargo build --release --bins --features bench-skip-checksum --target-dir target/bench-skip-checksum
+export BARGE_BENCH_SKIP_CHECKSUM_DIR="$PWD/target/bench-skip-checksum/release"
 exec cargo bench --bench suite -- "$@"

@@ -168,11 +168,14 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     })?;
     // SAFETY: two new fds owned by nobody else.
     let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // Large buffers let a whole chunk sit in the socket while the other
-    // side is busy. Failure only costs speed.
+    // Buffers of a few chunks let the sender run ahead while the other
+    // side is busy. They are also what a cancel must drain: every byte
+    // queued when the user cancels is still read (and, for an upload,
+    // written) before the peer sees the CANCEL or STOP, so they are kept
+    // to 1 MiB (the kernel doubles it). Failure only costs speed.
     for fd in [&pair.0, &pair.1] {
         for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-            let size: libc::c_int = 4 << 20;
+            let size: libc::c_int = 1 << 20;
             // SAFETY: passes a live c_int and its size.
             unsafe {
                 libc::setsockopt(

@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::{show, Session};
 use crate::atomic_file::AtomicFile;
+use crate::server::discard::{self, Discard};
 use crate::server::fs;
 use crate::server::{Failure, ServeEnd};
 use crate::wire::{Frame, FEATURE_FD_PASSING, HEADER_LEN, MAX_CHUNK, UNKNOWN_SIZE};
@@ -26,7 +27,11 @@ use crate::wire::{Frame, FEATURE_FD_PASSING, HEADER_LEN, MAX_CHUNK, UNKNOWN_SIZE
 /// Bytes copied between two looks for a STOP: small enough that a cancel
 /// waits well under a millisecond on page-cache copies, large enough that
 /// the per-step system calls cost nothing measurable.
-pub(crate) const STEP: usize = 2 << 20;
+pub(crate) const STEP: usize = 1 << 20;
+
+/// A COPIED goes out after this many bytes (and at the end), so the
+/// client wakes up a few hundred times per GiB, not once per step.
+const COPIED_EVERY: u64 = 4 << 20;
 
 /// How a copy ended.
 enum CopyEnd {
@@ -79,6 +84,28 @@ impl Session<'_, '_> {
         Ok(None)
     }
 
+    /// The final ERROR for an upload cut short, then discard its file.
+    /// Closing an anonymous `O_TMPFILE` frees its page cache, which takes
+    /// milliseconds for a large file, and the file can never appear, so
+    /// neither the client's cancel nor its next request waits for it (see
+    /// `discard`). A file under a hidden name is unlinked first, so that
+    /// none is left once the client has the reply.
+    pub(super) fn reply_then_discard(
+        &mut self,
+        file: AtomicFile,
+        serial: u64,
+        errno: i32,
+        message: String,
+    ) -> Result<(), ServeEnd> {
+        if file.is_hidden_file() {
+            drop(file);
+            return self.reply_error(serial, errno, message);
+        }
+        let sent = self.reply_error(serial, errno, message);
+        discard::later(Discard::File(file));
+        sent
+    }
+
     /// PUT_FD: copy the client's file into a new remote file that appears
     /// only when the copy is complete.
     pub(super) fn put_fd(
@@ -113,9 +140,8 @@ impl Session<'_, '_> {
                 Err(e) => self.fail(serial, "commit", path, e.into()),
             },
             CopyEnd::Stopped => {
-                drop(file);
                 let message = format!("upload of {} cancelled by the client", show(path));
-                self.reply_error(serial, libc::ECANCELED, message)
+                self.reply_then_discard(file, serial, libc::ECANCELED, message)
             }
             CopyEnd::Failed(verb, f) => {
                 drop(file);
@@ -146,14 +172,20 @@ impl Session<'_, '_> {
             },
             serial,
         )?;
-        match self.copy_steps(serial, src.as_fd(), dst.as_fd(), "GET_FD")? {
-            CopyEnd::Done(_) => self.send(&Frame::Ok, serial),
+        let sent = match self.copy_steps(serial, src.as_fd(), dst.as_fd(), "GET_FD")? {
+            CopyEnd::Done(_) => return self.send(&Frame::Ok, serial),
             CopyEnd::Stopped => {
                 let message = format!("download of {} cancelled by the client", show(path));
                 self.reply_error(serial, libc::ECANCELED, message)
             }
             CopyEnd::Failed(verb, f) => self.fail(serial, verb, path, f),
-        }
+        };
+        // The client discards its uncommitted file on this reply. Freeing
+        // the pages copied so far takes milliseconds for a large file; the
+        // discard thread empties it while we still hold it, so the
+        // client's close is cheap and its cancel returns at once.
+        discard::later(Discard::Emptied(dst));
+        sent
     }
 
     /// Copy `src` to `dst` from offset 0 to the end of `src`, one [`STEP`]
@@ -166,6 +198,7 @@ impl Session<'_, '_> {
         during: &str,
     ) -> Result<CopyEnd, ServeEnd> {
         let mut total: u64 = 0;
+        let mut reported: u64 = 0;
         let mut in_kernel = true;
         loop {
             if self.stop_requested(serial, during)? {
@@ -177,7 +210,10 @@ impl Session<'_, '_> {
                 Err((verb, e)) => return Ok(CopyEnd::Failed(verb, e.into())),
             };
             total += n as u64;
-            self.send(&Frame::Copied { total }, serial)?;
+            if n == 0 || total - reported >= COPIED_EVERY {
+                self.send(&Frame::Copied { total }, serial)?;
+                reported = total;
+            }
             if n == 0 {
                 return Ok(CopyEnd::Done(total));
             }

@@ -13,6 +13,8 @@
 //! - `resolve`: paths to fds, confined beneath the root.
 //! - `fs`: the `*at` calls the requests make.
 //! - `fault`: test faults from `BARGE_HELPER_FAULT`.
+//! - `fastpath`: PUT_FD and GET_FD, copies in the kernel (a child of
+//!   `session`); `discard`: uncommitted files closed off the main thread.
 
 /// A line on stderr. A failed write is ignored: `eprintln!` would panic,
 /// and a helper whose stderr is gone still has work to finish.
@@ -33,6 +35,7 @@ macro_rules! log_line {
 }
 
 mod channel;
+mod discard;
 mod fault;
 mod fs;
 mod resolve;

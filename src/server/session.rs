@@ -541,9 +541,8 @@ impl<'fd, 'o> Session<'fd, 'o> {
                     };
                 }
                 Incoming::Cancel { serial: s } if s == serial => {
-                    drop(file);
                     let message = format!("upload of {} cancelled by the client", show(path));
-                    return self.reply_error(serial, libc::ECANCELED, message);
+                    return self.reply_then_discard(file, serial, libc::ECANCELED, message);
                 }
                 Incoming::Stop { .. } => {}
                 other => {

@@ -414,3 +414,40 @@ fn fast_path_frames_roundtrip_and_check_their_fields() {
     assert_eq!(FrameType::from_u8(0x40), Some(FrameType::PutFd));
     assert_eq!(FrameType::GetFd.max_payload(), MAX_CONTROL);
 }
+
+#[test]
+#[cfg(not(feature = "bench-skip-checksum"))]
+fn checksum_is_xxh3_64_with_seed_0() {
+    // Reference values of XXH3-64 (seed 0), across its short, medium and
+    // long input paths, fed in uneven pieces.
+    let data: Vec<u8> = (0..(1u32 << 20) + 17)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let expected: [(usize, u64); 13] = [
+        (0, 0x2d06800538d394c2),
+        (1, 0xc44bdff4074eecdb),
+        (3, 0xa1c4a8259b827291),
+        (16, 0x222e9aead6bddd51),
+        (17, 0x47aad6b375eb4bba),
+        (128, 0x421a9c905c6e66ba),
+        (129, 0x9e2414800f83768a),
+        (240, 0xb714c5fd22744964),
+        (241, 0xbc424a2c480dd281),
+        (1024, 0x1fd15e7d36f5e1bc),
+        (4096, 0x84d9e7ce664c8217),
+        (65536, 0x32152aa15c5ff65a),
+        ((1 << 20) + 17, 0x742dcdfb6fdecdde),
+    ];
+    for (n, want) in expected {
+        let mut sum = StreamChecksum::new();
+        let (mut i, mut step) = (0, 1);
+        while i < n {
+            let e = (i + step).min(n);
+            sum.update(&data[i..e]);
+            i = e;
+            step = step * 3 + 1;
+        }
+        assert_eq!(sum.digest(), want, "XXH3-64 of {n} bytes");
+        assert_eq!(sum.len(), n as u64);
+    }
+}
