@@ -2,10 +2,11 @@
 //! would: typed lines, ^C as the byte 0x03 through the line discipline (so
 //! the kernel sends SIGINT to the foreground process group), ^D.
 //!
-//! Transfers that must be interrupted use a 1 GiB sparse file, which takes
-//! seconds to move with a debug build. Each test waits until the progress
-//! bar shows bytes moving and the far end holds its unfinished file open
-//! before it types ^C, so the ^C provably lands mid-transfer.
+//! Transfers that must be interrupted use a 4 GiB sparse file, which takes
+//! seconds to move here, or a FIFO that the test feeds slowly and never
+//! closes, which cannot finish at any speed. Each test waits until the
+//! progress bar shows bytes moving and the far end holds its unfinished
+//! file open before it types ^C, so the ^C provably lands mid-transfer.
 
 mod common;
 mod terminal;
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 use common::{alive, assert_no_temp, tempdir};
 use terminal::{last_progress, Attach, Terminal, CTRL_C, CTRL_D};
 
-const GIB: u64 = 1 << 30;
+/// The size of the large files: 4 GiB, sparse.
+const BIG: u64 = 4 << 30;
+const BIG_SHOWN: &str = "4.00 GiB";
 /// Generous bounds for things that have no latency promise.
 const SLOW: Duration = Duration::from_secs(20);
 /// The promise: ^C to `cancelled` on the screen.
@@ -122,12 +125,12 @@ fn exit_shell(mut t: Terminal, helper: u32, how: &[u8], status: i32) {
 fn shell_ctrl_c_cancels_a_put_and_the_same_helper_serves_the_next() {
     let local = tempdir();
     let root = tempdir();
-    sparse(&local.path().join("big.img"), GIB);
+    sparse(&local.path().join("big.img"), BIG);
     std::fs::write(local.path().join("small.txt"), b"after the cancel\n").unwrap();
     let (mut t, helper) = start_shell(local.path(), root.path());
 
     t.line("put big.img /big.img");
-    wait_mid_transfer(&mut t, "1.00 GiB", GIB, 1 << 20);
+    wait_mid_transfer(&mut t, BIG_SHOWN, BIG, 1 << 20);
     assert!(
         holds_unnamed_file(helper, root.path()),
         "the helper holds no unfinished upload: {:?}",
@@ -160,12 +163,12 @@ fn shell_ctrl_c_cancels_a_put_and_the_same_helper_serves_the_next() {
 fn shell_ctrl_c_cancels_a_get_and_leaves_nothing_locally() {
     let local = tempdir();
     let root = tempdir();
-    sparse(&root.path().join("big.img"), GIB);
+    sparse(&root.path().join("big.img"), BIG);
     std::fs::write(root.path().join("small.txt"), b"small\n").unwrap();
     let (mut t, helper) = start_shell(local.path(), root.path());
 
     t.line("get /big.img big.copy");
-    wait_mid_transfer(&mut t, "1.00 GiB", GIB, 1 << 20);
+    wait_mid_transfer(&mut t, BIG_SHOWN, BIG, 1 << 20);
     assert!(
         holds_unnamed_file(t.pid(), local.path()),
         "barge holds no unfinished download: {:?}",
@@ -293,7 +296,7 @@ fn shell_help_lists_every_command() {
 fn one_shot_put_interrupted_by_ctrl_c_exits_130_and_leaves_nothing() {
     let local = tempdir();
     let root = tempdir();
-    sparse(&local.path().join("big.img"), GIB);
+    sparse(&local.path().join("big.img"), BIG);
     let mut t = Terminal::spawn(barge(
         local.path(),
         &[
@@ -310,7 +313,7 @@ fn one_shot_put_interrupted_by_ctrl_c_exits_130_and_leaves_nothing() {
         .trim_end_matches(" started")
         .parse()
         .unwrap();
-    wait_mid_transfer(&mut t, "1.00 GiB", GIB, 1 << 20);
+    wait_mid_transfer(&mut t, BIG_SHOWN, BIG, 1 << 20);
     assert!(holds_unnamed_file(helper, root.path()));
     assert_cancelled_quickly(&mut t);
     let status = t.wait_exit(SLOW);
@@ -462,4 +465,125 @@ fn no_progress_bar_with_quiet_or_without_a_terminal_on_stdout_and_stderr() {
         );
         std::fs::remove_file(root.path().join("data.bin")).unwrap();
     }
+}
+
+/// A FIFO that a thread feeds 64 KiB at a time, a few milliseconds apart,
+/// until stopped. It is opened read-write first, so a reader never sees
+/// end of file before the feeding starts, and the writes never block.
+struct Feeder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(path: &Path) -> Feeder {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; results checked.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // SAFETY: as above.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "open the FIFO: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let fed = Arc::new(AtomicU64::new(0));
+        let (s, f) = (stop.clone(), fed.clone());
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let chunk = vec![b'x'; 64 << 10];
+            while !s.load(Ordering::SeqCst) {
+                // SAFETY: writes from a live buffer to our own fd.
+                let n = unsafe { libc::write(fd.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) };
+                if n > 0 {
+                    f.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        });
+        Feeder {
+            stop,
+            fed,
+            thread: Some(thread),
+        }
+    }
+
+    fn fed(&self) -> u64 {
+        self.fed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn shell_ctrl_c_cancels_a_put_from_a_fifo_that_never_ends() {
+    let local = tempdir();
+    let root = tempdir();
+    std::fs::write(local.path().join("small.txt"), b"next\n").unwrap();
+    let feeder = Feeder::start(&local.path().join("feed"));
+    let (mut t, helper) = start_shell(local.path(), root.path());
+
+    t.line("put feed /fed");
+    // The FIFO holds at most 64 KiB, so 2 MiB fed means barge has read
+    // nearly all of it; the feeder never closes, so the upload cannot end.
+    wait_for("barge reads 2 MiB from the FIFO", SLOW, || {
+        feeder.fed() >= 2 << 20
+    });
+    t.wait_until(SLOW, "the progress spinner shows", |s| {
+        s.contains("feed ") && s.contains(" MiB")
+    });
+    assert!(
+        holds_unnamed_file(helper, root.path()),
+        "the helper holds no unfinished upload"
+    );
+    let took = assert_cancelled_quickly(&mut t);
+    eprintln!("FIFO put cancelled {took:?} after ^C");
+    t.expect(PROMPT, SLOW);
+    let fed_at_cancel = feeder.fed();
+
+    assert_eq!(
+        common::tree(root.path()),
+        Vec::<String>::new(),
+        "partial upload left"
+    );
+    wait_for("the helper drops the unfinished upload", SLOW, || {
+        fds_under(helper, root.path()).is_empty()
+    });
+    assert_eq!(helper_pid(&mut t), helper, "a new helper after the cancel");
+    // barge stopped reading: the FIFO fills and the feeder stalls.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        feeder.fed() <= fed_at_cancel + (64 << 10),
+        "barge still reads the FIFO"
+    );
+    drop(feeder);
+
+    t.line("put small.txt /small.txt");
+    t.expect(PROMPT, SLOW);
+    assert_eq!(
+        std::fs::read(root.path().join("small.txt")).unwrap(),
+        b"next\n"
+    );
+    assert_eq!(helper_pid(&mut t), helper);
+    exit_shell(t, helper, b"exit\r", 0);
 }

@@ -22,7 +22,8 @@ use terminal::{last_progress, Terminal, CTRL_C};
 
 const SSHD: &str = "/usr/sbin/sshd";
 const SLOW: Duration = Duration::from_secs(30);
-const GIB: u64 = 1 << 30;
+/// A 4 GiB sparse file: seconds of transfer, so ^C lands mid-way.
+const BIG: u64 = 4 << 30;
 
 struct Sshd {
     dir: tempfile::TempDir,
@@ -363,7 +364,7 @@ fn ctrl_c_cancels_a_put_through_sshd_in_band() {
     let root = tempdir();
     std::fs::File::create(local.path().join("big.img"))
         .unwrap()
-        .set_len(GIB)
+        .set_len(BIG)
         .unwrap();
     let args = with(
         sshd.args("ssh_config", root.path()),
@@ -371,7 +372,7 @@ fn ctrl_c_cancels_a_put_through_sshd_in_band() {
     );
     let mut t = Terminal::spawn(barge(local.path(), &args));
     t.wait_until(SLOW, "the progress bar shows bytes moving", |s| {
-        last_progress(s, "1.00 GiB").unwrap_or(0) >= 4 << 20
+        last_progress(s, "4.00 GiB").unwrap_or(0) >= 4 << 20
     });
     let remote = sshd.helpers();
     assert_eq!(remote.len(), 1, "helpers under sshd: {remote:?}");
@@ -388,8 +389,8 @@ fn ctrl_c_cancels_a_put_through_sshd_in_band() {
             .any(|f| f.starts_with(&root_prefix) && f.ends_with(" (deleted)")),
         "the remote helper holds no unfinished upload: {fds:?}"
     );
-    let shown = last_progress(t.text(), "1.00 GiB").unwrap();
-    assert!(shown < GIB, "finished before ^C");
+    let shown = last_progress(t.text(), "4.00 GiB").unwrap();
+    assert!(shown < BIG, "finished before ^C");
 
     t.skip_shown();
     let typed = Instant::now();
