@@ -524,6 +524,15 @@ impl Feeder {
     fn fed(&self) -> u64 {
         self.fed.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Stop feeding and close the FIFO's write end; returns the bytes fed.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.fed()
+    }
 }
 
 impl Drop for Feeder {
@@ -584,6 +593,34 @@ fn shell_ctrl_c_cancels_a_put_from_a_fifo_that_never_ends() {
         std::fs::read(root.path().join("small.txt")).unwrap(),
         b"next\n"
     );
+    assert_eq!(helper_pid(&mut t), helper);
+    exit_shell(t, helper, b"exit\r", 0);
+}
+
+#[test]
+fn resizing_the_terminal_during_a_transfer_is_harmless() {
+    let local = tempdir();
+    let root = tempdir();
+    let feeder = Feeder::start(&local.path().join("feed"));
+    let (mut t, helper) = start_shell(local.path(), root.path());
+    t.line("put feed /fed");
+    // Every resize makes the kernel send SIGWINCH to barge, interrupting
+    // whatever wait the transfer is in.
+    let mut resizes = 0u32;
+    while feeder.fed() < 4 << 20 {
+        t.resize(30 + (resizes % 20) as u16, 100 + (resizes % 60) as u16);
+        resizes += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let fed = feeder.finish();
+    t.expect(PROMPT, SLOW);
+    assert!(!t.text().contains("barge: "), "{}", t.text());
+    let got = std::fs::read(root.path().join("fed")).unwrap();
+    assert_eq!(got.len() as u64, fed);
+    assert!(got.iter().all(|&b| b == b'x'));
+    assert!(resizes > 10, "only {resizes} resizes");
+    // And at the prompt: the line editor redraws, the shell goes on.
+    t.resize(40, 160);
     assert_eq!(helper_pid(&mut t), helper);
     exit_shell(t, helper, b"exit\r", 0);
 }

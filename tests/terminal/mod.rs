@@ -151,6 +151,22 @@ impl Terminal {
         }
     }
 
+    /// Resize the terminal, as a window manager does; the kernel sends
+    /// SIGWINCH to the foreground process group.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from a live local.
+        check(
+            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
+            "resize the terminal",
+        );
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
