@@ -371,6 +371,17 @@ fn ctrl_c_cancels_a_put_through_sshd_in_band() {
         &["-v", "put", "big.img", "/big.img"],
     );
     let mut t = Terminal::spawn(barge(local.path(), &args));
+    let ssh: i32 = t
+        .expect_line("barge: helper pid ", SLOW)
+        .trim_end_matches(" started")
+        .parse()
+        .unwrap();
+    // ssh leads a process group of its own, outside the terminal's
+    // foreground group (barge's), so the ^C below reaches only barge.
+    // SAFETY: getpgid takes no pointers.
+    let (ssh_group, barge_group) = unsafe { (libc::getpgid(ssh), libc::getpgid(t.pid() as i32)) };
+    assert_eq!(ssh_group, ssh, "ssh is not a process group leader");
+    assert_ne!(ssh_group, barge_group);
     t.wait_until(SLOW, "the progress bar shows bytes moving", |s| {
         last_progress(s, "4.00 GiB").unwrap_or(0) >= 4 << 20
     });
