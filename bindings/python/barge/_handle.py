@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from . import _lib
 from ._errors import Error, error_from
-from ._interrupt import call_interruptibly, in_main_thread, start_worker, wait_uninterrupted
+from ._interrupt import Worker, call_interruptibly, in_main_thread, wait_uninterrupted
 from ._types import (
     DirEntry,
     Event,
@@ -58,8 +58,9 @@ class _CallState:
 
 
 class _Pump:
-    """A thread moving data between a Python file object and one end of a
-    pipe that barge reads or writes, for file objects without a usable fd.
+    """Moves data between a Python file object and one end of a pipe that
+    barge reads or writes, for file objects without a usable fd, on a
+    thread of its own.
 
     If the pump fails while the operation still runs, it cancels the
     operation (before anything else: an upload must not see end of file
@@ -76,8 +77,7 @@ class _Pump:
         self.op_over = False
         self.error: Optional[BaseException] = None
         self.cancelled = False
-        self._done = threading.Event()
-        start_worker(self._run, "barge-pump")
+        self.worker = Worker(self._run)
 
     def _run(self) -> None:
         try:
@@ -89,15 +89,6 @@ class _Pump:
                 self.error = e
             elif self._errors_after_op:
                 self.error = e
-        finally:
-            self._done.set()
-
-    def join(self) -> None:
-        """Wait for the pump to end; a signal handler's exception raised
-        meanwhile is re-raised afterwards."""
-        interrupt = wait_uninterrupted(self._done)
-        if interrupt is not None:
-            raise interrupt
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -352,18 +343,10 @@ class Handle:
 
     # -- plumbing ----------------------------------------------------------
 
-    def _enter(self) -> int:
-        with self._cond:
-            if self._ptr is None or self._closing:
-                raise ValueError("operation on a closed barge handle")
-            self._active += 1
-            return self._ptr
-
-    def _leave(self) -> None:
-        with self._cond:
-            self._active -= 1
-            if self._active == 0:
-                self._cond.notify_all()
+    def _in_use(self) -> "_InUse":
+        """A context whose value is the C handle, which stays valid (not
+        closed) until the context exits. Raises ValueError when closed."""
+        return _InUse(self)
 
     def _run(
         self,
@@ -379,8 +362,7 @@ class Handle:
         callback's exception or barge's error if there is one."""
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
-        ptr = self._enter()
-        try:
+        with self._in_use() as ptr:
             state = _CallState(ptr, progress, cancellable)
 
             def call() -> Optional[Tuple[int, str]]:
@@ -409,8 +391,6 @@ class Handle:
                 if state.cancel_sent:
                     self._lib.barge_clear_cancel(ptr)
                 raise state.error
-        finally:
-            self._leave()
         if failure is not None:
             raise error_from(*failure, shutdown=shutdown)
 
@@ -702,13 +682,19 @@ class Handle:
         pump = _Pump(lambda: body(close), self.cancel, errors_after_op=errors_after_op)
         op_error: Optional[BaseException] = None
         try:
+            pump.worker.start()
             self._run(c_call, progress=progress)
         except BaseException as e:  # noqa: B902 - ranked below
             op_error = e
         finally:
             pump.op_over = True
             close(barge_end)
-            pump.join()
+            if pump.worker.abandon():
+                interrupt = wait_uninterrupted(pump.worker.done)
+                if interrupt is not None and op_error is None:
+                    op_error = interrupt
+            # Only now, with the pump gone, may its end be closed: a
+            # closed fd number can be reused at once by another open.
             for fd in list(open_fds):
                 close(fd)
         if pump.cancelled:
@@ -770,6 +756,31 @@ class Handle:
         src_b = fspath_bytes(src, "source path")
         dst_b = fspath_bytes(dst, "destination path")
         self._run(lambda p: self._lib.barge_rename(p, src_b, dst_b))
+
+
+class _InUse:
+    """Counts a thread's use of the C handle, so that :meth:`Handle.close`
+    never frees it while a call is about to start or running."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: Handle) -> None:
+        self._handle = handle
+
+    def __enter__(self) -> int:
+        h = self._handle
+        with h._cond:
+            if h._ptr is None or h._closing:
+                raise ValueError("operation on a closed barge handle")
+            h._active += 1
+            return h._ptr
+
+    def __exit__(self, *exc: Any) -> None:
+        h = self._handle
+        with h._cond:
+            h._active -= 1
+            if h._active == 0:
+                h._cond.notify_all()
 
 
 def _trampoline(handle_ref: "weakref.ReferenceType[Handle]") -> Callable[[Optional[int], Any], None]:

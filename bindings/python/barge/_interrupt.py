@@ -5,55 +5,36 @@ CPython runs Python-level signal handlers only in the main thread, between
 bytecodes. A ctypes call is one bytecode, however long it blocks, so a ^C
 during ``barge_upload`` would only be handled after the upload finished.
 
-:func:`call_interruptibly` therefore runs the C call on a short-lived worker
-thread and makes the main thread wait in :meth:`threading.Event.wait`, which
-CPython interrupts to run signal handlers. When a handler raises (the
-default SIGINT handler raises :class:`KeyboardInterrupt`), the main thread
-cancels the C call with ``barge_user_cancel``, keeps waiting until the
-worker has returned, drops any cancel the call did not consume with
+:func:`call_interruptibly` therefore runs the C call on a new thread and
+makes the main thread wait in :meth:`threading.Event.wait`, which CPython
+interrupts to run signal handlers. When a handler raises (the default
+SIGINT handler raises :class:`KeyboardInterrupt`), the main thread cancels
+the C call with ``barge_user_cancel``, keeps waiting until the call has
+returned, drops any cancel the call did not consume with
 ``barge_clear_cancel``, and re-raises the handler's exception.
 
-Signals: nothing here installs, replaces or restores a signal handler. The
-worker thread starts with the asynchronous signals blocked (all but SIGSEGV,
-SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, which the kernel sends to the
-faulting thread, and SIGPIPE, which it sends to the writing thread), so
-that a process-directed signal such as a terminal's ^C is delivered to the
-main thread, where it interrupts the wait at once. To give the worker that
-mask from its first instruction, the main thread blocks the same signals
-for the few microseconds it takes to start the worker; a signal arriving
-then stays pending and is delivered when the mask is restored.
+Signals: nothing here installs, replaces or restores a signal handler, and
+no signal mask is changed. The new thread inherits the main thread's mask,
+so a helper the C call starts inherits the program's mask as it would
+without the binding. A process-directed signal (kill(2), a terminal's ^C)
+goes to the main thread: Linux offers it to the thread-group leader first,
+and takes another thread only when the leader blocks the signal or already
+has one pending (in which case the leader is about to run the handlers of
+every pending signal anyway).
+
+A signal handler's exception may strike between any two bytecodes, so the
+code below never relies on a statement after a thread start having run:
+the call is wrapped in a :class:`_Job` that runs at most once however often
+it is started, and the main thread always waits for it.
 """
 
 from __future__ import annotations
 
-import signal
+import _thread
 import threading
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
-
-_THREAD_DIRECTED = {
-    signal.SIGSEGV,
-    signal.SIGBUS,
-    signal.SIGFPE,
-    signal.SIGILL,
-    signal.SIGTRAP,
-    signal.SIGSYS,
-    signal.SIGPIPE,
-}
-
-#: The signals a worker thread blocks.
-WORKER_BLOCKED = frozenset(signal.valid_signals()) - _THREAD_DIRECTED
-
-
-class _Outcome:
-    """What the worker thread's call returned or raised."""
-
-    __slots__ = ("value", "error")
-
-    def __init__(self) -> None:
-        self.value: object = None
-        self.error: Optional[BaseException] = None
 
 
 def in_main_thread() -> bool:
@@ -61,16 +42,38 @@ def in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def start_worker(target: Callable[[], None], name: str) -> threading.Thread:
-    """Start a daemon thread running ``target`` with :data:`WORKER_BLOCKED`
-    blocked from its first instruction."""
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_BLOCKED)
-    try:
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    return thread
+class _Job(Generic[T]):
+    """One call to run on another thread, exactly once."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._claim = threading.Lock()
+        self.done = threading.Event()
+        self.started = False
+        self.value: Optional[T] = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        """Run the call unless another thread already did or does."""
+        if not self._claim.acquire(blocking=False):
+            return
+        try:
+            self.value = self._call()
+        except BaseException as e:  # noqa: B902 - handed to the waiting thread
+            self.error = e
+        finally:
+            self.done.set()
+
+    def start(self) -> None:
+        """Start a thread for :meth:`run` (again, if a signal handler's
+        exception struck before :attr:`started` was recorded; the second
+        thread then does nothing). When no thread can be started, run the
+        call here, uninterruptibly."""
+        try:
+            _thread.start_new_thread(self.run, ())
+        except RuntimeError:
+            self.run()
+        self.started = True
 
 
 def wait_uninterrupted(done: threading.Event) -> Optional[BaseException]:
@@ -95,37 +98,28 @@ def call_interruptibly(
     cancels it.
 
     Off the main thread, ``call()`` simply runs in the calling thread: no
-    signal handler can run there. In the main thread it runs on a worker
+    signal handler can run there. In the main thread it runs on a new
     thread (see the module docstring). If a signal handler raises while it
-    runs, ``cancel()`` is called (it must be async-signal-safe and
-    lock-free: ``barge_user_cancel``), the worker is waited for, whatever
-    further handlers raise, then ``clear_cancel()`` drops a cancel the call
-    did not consume (it had already ended), and the first exception is
+    runs, ``cancel()`` is called (it must be lock-free and quick:
+    ``barge_user_cancel``), the call is waited for, whatever further
+    handlers raise, then ``clear_cancel()`` drops a cancel the call did not
+    consume (it may have ended just before), and the first exception is
     re-raised. Otherwise ``call()``'s result is returned, or its exception
     raised.
     """
     if not in_main_thread():
         return call()
-    outcome = _Outcome()
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            outcome.value = call()
-        except BaseException as e:  # noqa: B902 - handed to the waiting thread
-            outcome.error = e
-        finally:
-            done.set()
-
-    start_worker(work, "barge-call")
+    job = _Job(call)
     interrupt: Optional[BaseException] = None
     cancel_sent = False
     while True:
         try:
+            if not job.started:
+                job.start()
             if interrupt is not None and not cancel_sent:
                 cancel()
                 cancel_sent = True
-            done.wait()
+            job.done.wait()
             break
         except BaseException as e:  # noqa: B902 - a signal handler's exception
             if interrupt is None:
@@ -133,6 +127,43 @@ def call_interruptibly(
     if interrupt is not None:
         clear_cancel()
         raise interrupt
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome.value  # type: ignore[return-value]
+    if job.error is not None:
+        raise job.error
+    return job.value  # type: ignore[return-value]
+
+
+class Worker:
+    """A helper thread for a pump (see ``_handle``) that a signal handler's
+    exception in the starting thread cannot leave running unnoticed: create
+    it, then :meth:`start` it inside a ``try`` whose ``finally`` calls
+    :meth:`abandon`, which either stops it from ever running its body or
+    reports that it runs, so that the caller waits for it."""
+
+    def __init__(self, body: Callable[[], None]) -> None:
+        self._body = body
+        self._lock = threading.Lock()
+        self._state = "new"  # -> "running" or "abandoned"
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        """Start the thread."""
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._state == "abandoned":
+                return
+            self._state = "running"
+        try:
+            self._body()
+        finally:
+            self.done.set()
+
+    def abandon(self) -> bool:
+        """Stop the body from starting if it has not; returns whether it
+        runs (or ran), in which case :attr:`done` will be set."""
+        with self._lock:
+            if self._state == "new":
+                self._state = "abandoned"
+                return False
+            return True
