@@ -29,22 +29,21 @@ CPython runs signal handlers only in the main thread and only between
 bytecodes, so a blocking C call cannot be interrupted by them. This binding
 does the following, and nothing else, with signals:
 
-* It installs, replaces and restores no signal handler. Whatever the program
-  set for SIGINT (Python's default, which raises KeyboardInterrupt, its
-  own handler, SIG_IGN or SIG_DFL) stays in charge.
-* An operation called from the main thread runs its C call on a new worker
-  thread, while the main thread waits in a way CPython interrupts to run
-  signal handlers.
-* The worker blocks the asynchronous signals (all except SIGSEGV, SIGBUS,
-  SIGFPE, SIGILL, SIGTRAP, SIGSYS and SIGPIPE, which the kernel directs at
-  the thread that caused them), so a process-directed signal such as ^C is
-  delivered to the main thread. So that the worker has that mask from its
-  first instruction, the main thread blocks the same signals while it
-  starts the worker (microseconds); a signal arriving then is delivered as
-  soon as the mask is restored.
+* It installs, replaces and restores no signal handler, and changes no
+  signal mask. Whatever the program set for SIGINT (Python's default,
+  which raises KeyboardInterrupt, its own handler, SIG_IGN or SIG_DFL)
+  stays in charge.
+* Every call made from the main thread (operations, ``shutdown``,
+  ``kill``, ``close``) runs its C call on a new thread, while the main
+  thread waits in a way CPython interrupts to run signal handlers. The new
+  thread inherits the main thread's signal mask, so a helper it starts
+  does too. Linux delivers a process-directed signal such as ^C to the
+  main thread: it offers it to the thread-group leader first, and picks
+  another thread only when the leader blocks it or already has a signal
+  pending (and is then about to run the handlers anyway).
 * When a signal handler raises an exception in the main thread during the
   wait (KeyboardInterrupt from ^C, or anything a handler of the program
-  raises), the binding calls ``barge_user_cancel``, waits for the worker
+  raises), the binding calls ``barge_user_cancel``, waits for the C call
   to return (the helper answers a cancel within milliseconds; an
   unresponsive one is killed after ``cancel_timeout``), drops any cancel
   the call did not consume (``barge_clear_cancel``: the call may have just
@@ -54,15 +53,13 @@ does the following, and nothing else, with signals:
   ``upload``/``download``, the helper keeps running (same pid), and the
   handle serves the next call. If the transfer had already completed when
   the cancel took effect, its result stands and the exception is raised
-  all the same.
+  all the same. During ``close`` a ^C cancels the operations it waits for
+  on other threads, and is raised once the handle is closed.
 * A handler that does not raise (say, it sets a flag or calls
   :meth:`Handle.cancel` itself) does not stop the call.
 * Calls made off the main thread run in the calling thread; there, no
   signal handler can run anyway, and :meth:`Handle.cancel` from another
   thread (a GUI's cancel button) makes the call raise :class:`Cancelled`.
-* :meth:`Handle.close`, :meth:`Handle.kill` and the ``with`` block's exit
-  call C directly: they are bounded by the shutdown and kill timeouts, and
-  a ^C during them is raised when they return.
 
 The helper itself runs in its own process group (``pgroup=True``), so a
 terminal's ^C reaches only this program, never the helper.

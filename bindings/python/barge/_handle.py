@@ -312,34 +312,38 @@ class Handle:
         """Shut the helper down (gracefully, then SIGTERM, then SIGKILL,
         bounded by the timeouts) and free the handle. A pending cancel is
         dropped first. Waits for operations running on other threads to
-        end. Closing twice does nothing. SHUTDOWN callbacks run during this
-        call, in this thread; an exception one raises is re-raised after
-        the handle is freed.
+        end (a ^C meanwhile cancels them). Closing twice does nothing.
+        SHUTDOWN callbacks run during this call; an exception one raises is
+        re-raised after the handle is freed.
 
         Raises:
             Error: EDEADLK when called from a callback of this handle.
         """
         if getattr(self._tls, "state", None) is not None:
             raise Error(_errno.EDEADLK, "close() called from an event callback of its own handle")
-        with self._cond:
-            if self._ptr is None:
-                return
-            self._closing = True
-            try:
+
+        def call() -> Optional[BaseException]:
+            with self._cond:
+                if self._ptr is None:
+                    return None
+                self._closing = True
                 while self._active:
                     self._cond.wait()
-            except BaseException:
-                self._closing = False
-                raise
-            ptr, self._ptr = self._ptr, None
-        state = _CallState(ptr, None, cancellable=False)
-        self._tls.state = state
-        try:
-            self._lib.barge_close(ptr)
-        finally:
-            self._tls.state = None
-        if state.error is not None:
-            raise state.error
+                ptr, self._ptr = self._ptr, None
+            state = _CallState(ptr, None, cancellable=False)
+            self._tls.state = state
+            try:
+                self._lib.barge_close(ptr)
+            finally:
+                self._tls.state = None
+            return state.error
+
+        # In the main thread this runs on another thread, like every
+        # operation: a ^C meanwhile cancels the operations close() waits
+        # for, and is raised once the handle is closed.
+        error = call_interruptibly(call, self.cancel, lambda: None) if in_main_thread() else call()
+        if error is not None:
+            raise error
 
     # -- plumbing ----------------------------------------------------------
 
@@ -354,43 +358,41 @@ class Handle:
         *,
         progress: Optional[ProgressCallback] = None,
         cancellable: bool = True,
-        interruptible: bool = True,
         shutdown: bool = False,
     ) -> None:
-        """Run ``c_call(ptr)`` with callbacks routed to this call, through
-        :func:`call_interruptibly` unless told not to, and raise the
+        """Run ``c_call(ptr)`` with callbacks routed to this call (in the
+        main thread through :func:`call_interruptibly`), and raise the
         callback's exception or barge's error if there is one."""
         if progress is not None and not callable(progress):
             raise TypeError("progress must be callable")
-        with self._in_use() as ptr:
-            state = _CallState(ptr, progress, cancellable)
 
-            def call() -> Optional[Tuple[int, str]]:
+        def call() -> Tuple[Optional[Tuple[int, str]], Optional[BaseException]]:
+            # The use of the C handle is counted on the thread that makes
+            # the C call: never the main thread when the call is
+            # interruptible, so a signal handler's exception cannot leave
+            # the count wrong.
+            with self._in_use() as ptr:
+                state = _CallState(ptr, progress, cancellable)
                 outer = getattr(self._tls, "state", None)
                 self._tls.state = state
                 try:
-                    if c_call(ptr) < 0:
-                        return _lib.last_error()
-                    return None
+                    failure = _lib.last_error() if c_call(ptr) < 0 else None
                 finally:
                     self._tls.state = outer
-
-            # A call made from one of this handle's callbacks runs in the
-            # callback's thread, so that barge sees the re-entry and says
-            # EDEADLK instead of waiting for its own caller.
-            in_callback = getattr(self._tls, "state", None) is not None
-            if interruptible and not in_callback and in_main_thread():
-                failure = call_interruptibly(
-                    call,
-                    lambda: self._lib.barge_user_cancel(ptr),
-                    lambda: self._lib.barge_clear_cancel(ptr),
-                )
-            else:
-                failure = call()
-            if state.error is not None:
-                if state.cancel_sent:
+                if state.error is not None and state.cancel_sent:
                     self._lib.barge_clear_cancel(ptr)
-                raise state.error
+                return failure, state.error
+
+        # A call made from one of this handle's callbacks runs in the
+        # callback's thread, so that barge sees the re-entry and says
+        # EDEADLK instead of waiting for its own caller.
+        in_callback = getattr(self._tls, "state", None) is not None
+        if not in_callback and in_main_thread():
+            failure, callback_error = call_interruptibly(call, self.cancel, self.clear_cancel)
+        else:
+            failure, callback_error = call()
+        if callback_error is not None:
+            raise callback_error
         if failure is not None:
             raise error_from(*failure, shutdown=shutdown)
 
@@ -481,7 +483,7 @@ class Handle:
 
     def kill(self) -> None:
         """Stop the helper at once with SIGKILL and reap it."""
-        self._run(lambda p: self._lib.barge_kill(p), cancellable=False, interruptible=False)
+        self._run(lambda p: self._lib.barge_kill(p), cancellable=False)
 
     # -- events ------------------------------------------------------------
 
