@@ -1,0 +1,56 @@
+"""A program that starts a large transfer and is interrupted by ^C; run by
+test_sigint_subprocess.py. It keeps Python's default SIGINT handler.
+
+Usage: interrupted_transfer.py ROOT upload FIFO | download LOCAL_TARGET
+
+It prints, one per line: ``helper PID`` once launched, ``progress DONE``
+for the first progress event, then after the ^C ``interrupted
+MONOTONIC_TIME``, ``helper-after PID``, ``next-ok`` once a second transfer
+on the same handle worked; then it waits for a line on stdin (the test
+looks at the helper and the files meanwhile), closes the handle (printing
+``shutdown PID graceful=...`` from the SHUTDOWN event), and re-raises the
+KeyboardInterrupt, so Python exits as killed by SIGINT.
+"""
+
+import os
+import sys
+import time
+
+import barge
+
+
+def main() -> None:
+    root, mode, path = sys.argv[1], sys.argv[2], sys.argv[3]
+    reported = []
+
+    def progress(done: int, total: object) -> None:
+        if not reported:
+            reported.append(done)
+            print("progress", done, flush=True)
+        if mode == "download":
+            time.sleep(0.001)  # hold the download to ~16 MB/s
+
+    with barge.Handle(root=root, chunk_size=16384, progress_interval=0) as h:
+        h.on("shutdown", lambda e: print("shutdown", e.pid, f"graceful={e.graceful}", flush=True))
+        h.launch()
+        print("helper", h.helper_pid, flush=True)
+        try:
+            if mode == "upload":
+                h.upload(path, "/big.bin", progress=progress)
+            else:
+                h.download("/big.bin", path, progress=progress)
+            print("completed", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+            print("helper-after", h.helper_pid, flush=True)
+            small = os.path.join(os.path.dirname(path), "small.src")
+            with open(small, "wb") as f:
+                f.write(b"after the interrupt")
+            h.upload(small, "/small.bin")
+            print("next-ok", flush=True)
+            sys.stdin.readline()
+            raise
+
+
+if __name__ == "__main__":
+    main()
