@@ -6,20 +6,16 @@
 //!   libbarge.so and helper `cargo test` just built;
 //! - `pip install bindings/python` into a fresh venv, and the installed
 //!   package used with nothing but an installed C library on
-//!   LD_LIBRARY_PATH;
-//! - the tkinter example (examples/python/gui_upload.py) under Xvfb, its
-//!   cancel button clicked with xdotool.
+//!   LD_LIBRARY_PATH.
 //!
 //! The interpreter is `python3` from PATH, or `$BARGE_PYTHON`; it needs
-//! tkinter and venv (Debian: python3-tk, python3-venv). The tests take one
+//! venv (Debian: python3-venv). The tests take one
 //! lock: the cancel-latency bounds (100 ms) must not compete with each
 //! other for the 2 CPUs of a CI machine.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -132,14 +128,21 @@ fn python_unittest_suite() {
         RUN_LIMIT,
     );
     println!("{out}");
-    assert!(status.success(), "the Python suite failed ({status}):\n{out}");
+    assert!(
+        status.success(),
+        "the Python suite failed ({status}):\n{out}"
+    );
     // Every test the suite defines ran: a runner that found nothing says
     // OK too.
     let ran: usize = out
         .lines()
         .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
         .expect("unittest's summary line");
-    assert_eq!(ran, defined_python_tests(), "not every Python test ran:\n{out}");
+    assert_eq!(
+        ran,
+        defined_python_tests(),
+        "not every Python test ran:\n{out}"
+    );
 }
 
 /// How many `def test_...` methods bindings/python/tests/test_*.py hold.
