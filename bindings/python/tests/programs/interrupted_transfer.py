@@ -30,7 +30,12 @@ def main() -> None:
         if mode == "download":
             time.sleep(0.001)  # hold the download to ~16 MB/s
 
-    with barge.Handle(root=root, chunk_size=16384, progress_interval=0) as h:
+    # The helper named explicitly (not the default one) runs the stream
+    # path, whose progress events come per 16 KiB frame, so the callback
+    # above holds a download long enough to be interrupted; the kernel copy
+    # of the fast path would finish 32 MiB in milliseconds.
+    helper = [os.environ["BARGE_HELPER"]]
+    with barge.Handle(root=root, helper=helper, chunk_size=16384, progress_interval=0) as h:
         h.on("shutdown", lambda e: print("shutdown", e.pid, f"graceful={e.graceful}", flush=True))
         h.launch()
         print("helper", h.helper_pid, flush=True)
