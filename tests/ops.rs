@@ -167,3 +167,110 @@ fn the_default_helper_is_found_next_to_the_test_binary() {
     let mut h = barge::Handle::new().unwrap();
     h.launch().unwrap();
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Wait until process `pid` has `path` open (one of /proc/PID/fd links to it).
+fn wait_until_open_by(pid: u32, path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == path))
+            })
+            .unwrap_or(false);
+        if open {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} never opened {}",
+            path.display()
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Write `data` into a FIFO that a reader already has open, then close it.
+fn feed_fifo(path: &std::path::Path, data: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::io::Write::write_all(&mut f, data).unwrap();
+}
+
+#[test]
+fn a_fifo_source_waits_for_its_writer_like_cat() {
+    // barge opens the FIFO before any writer has: its first read returns 0
+    // bytes, which is not the end until a writer has come and gone.
+    let root = tempdir();
+    let local = tempdir();
+    let fifo = local.path().join("late-writer");
+    mkfifo(&fifo);
+    let data = Rng::new(5).bytes(300_000);
+    let mut h = handle();
+    h.set_root(Some(root.path())).unwrap();
+    h.launch().unwrap();
+    let (f, d) = (fifo.clone(), data.clone());
+    let writer = std::thread::spawn(move || {
+        wait_until_open_by(std::process::id(), &f);
+        feed_fifo(&f, &d);
+    });
+    h.upload(&fifo, "/from-fifo").unwrap();
+    writer.join().unwrap();
+    assert_eq!(std::fs::read(root.path().join("from-fifo")).unwrap(), data);
+}
+
+#[test]
+fn a_remote_fifo_downloads_through_the_stream_path() {
+    // With and without the fast path: GET_FD refuses a FIFO without opening
+    // it, and the stream GET waits for the FIFO's writer.
+    for fast_path in [true, false] {
+        let root = tempdir();
+        let local = tempdir();
+        let fifo = root.path().join("remote-fifo");
+        mkfifo(&fifo);
+        let data = Rng::new(6).bytes(200_000);
+        let mut h = handle();
+        h.set_root(Some(root.path())).unwrap();
+        h.set_fast_path(fast_path);
+        h.launch().unwrap();
+        let pid = h.helper_pid().unwrap();
+        let (f, d) = (fifo.clone(), data.clone());
+        let writer = std::thread::spawn(move || {
+            wait_until_open_by(pid, &f);
+            feed_fifo(&f, &d);
+        });
+        let dst = local.path().join("from-remote-fifo");
+        h.download("/remote-fifo", &dst).unwrap();
+        writer.join().unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), data, "fast path {fast_path}");
+        assert_no_temp(local.path());
+    }
+}
+
+#[test]
+fn a_download_waiting_for_a_fifo_writer_is_cancellable_and_the_helper_survives() {
+    let root = tempdir();
+    let local = tempdir();
+    mkfifo(&root.path().join("silent"));
+    let mut h = handle();
+    h.set_root(Some(root.path())).unwrap();
+    h.launch().unwrap();
+    let pid = h.helper_pid().unwrap();
+    let c = h.canceller();
+    let fifo = root.path().join("silent");
+    let canceller = std::thread::spawn(move || {
+        wait_until_open_by(pid, &fifo);
+        c.cancel();
+    });
+    let r = h.download("/silent", local.path().join("never"));
+    canceller.join().unwrap();
+    assert!(matches!(r, Err(barge::Error::Cancelled)), "{r:?}");
+    assert_eq!(h.helper_pid(), Some(pid), "the helper was replaced");
+    assert_eq!(tree(local.path()), Vec::<String>::new());
+    h.stat("/silent").unwrap();
+}

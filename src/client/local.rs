@@ -34,6 +34,9 @@ enum Kind {
 pub(crate) struct LocalFile<'a> {
     fd: RawFd,
     kind: Kind,
+    /// A FIFO or pipe: a read of 0 bytes is the end only once a writer has
+    /// come and gone (see [`LocalFile::read`]).
+    fifo: bool,
     /// Keeps the fd open when barge opened or reopened it.
     _owned: Option<OwnedFd>,
     _borrow: std::marker::PhantomData<BorrowedFd<'a>>,
@@ -68,6 +71,7 @@ impl<'a> LocalFile<'a> {
             LocalFile {
                 fd: fd.as_raw_fd(),
                 kind,
+                fifo: is_fifo(&st),
                 _owned: Some(fd),
                 _borrow: std::marker::PhantomData,
             },
@@ -89,6 +93,7 @@ impl<'a> LocalFile<'a> {
                         LocalFile {
                             fd: own.as_raw_fd(),
                             kind: Kind::Reopened,
+                            fifo: is_fifo(&st),
                             _owned: Some(own),
                             _borrow: std::marker::PhantomData,
                         },
@@ -102,6 +107,7 @@ impl<'a> LocalFile<'a> {
             LocalFile {
                 fd: fd.as_raw_fd(),
                 kind,
+                fifo: is_fifo(&st),
                 _owned: None,
                 _borrow: std::marker::PhantomData,
             },
@@ -155,6 +161,12 @@ impl<'a> LocalFile<'a> {
                     _ => libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()),
                 }
             };
+            if n == 0 && self.fifo && !self.writer_has_gone() {
+                // A FIFO that no writer has opened yet reads as empty;
+                // `cat` would wait for one, and so does barge: poll
+                // reports the FIFO only once a writer has come.
+                return Ok(None);
+            }
             if n >= 0 {
                 return Ok(Some(n as usize));
             }
@@ -164,6 +176,17 @@ impl<'a> LocalFile<'a> {
                 e => return Err(io::Error::from_raw_os_error(e)),
             }
         }
+    }
+
+    /// After a read of 0 bytes from a FIFO: whether that is its end. Linux
+    /// reports POLLHUP on a FIFO's read end only after a writer has opened
+    /// and closed it, never while none has come yet. POLLIN means a writer
+    /// came and wrote since the read: read again.
+    fn writer_has_gone(&self) -> bool {
+        let mut pfd = sys::pollfd(self.fd, libc::POLLIN);
+        // SAFETY: one live pollfd; zero timeout.
+        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+        r > 0 && pfd.revents & libc::POLLHUP != 0 && pfd.revents & libc::POLLIN == 0
     }
 
     /// Write some bytes. `Ok(None)`: no room now; poll first.
@@ -232,6 +255,10 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: st is a live, writable stat.
     sys::cvt(unsafe { libc::fstat(fd, &mut st) })?;
     Ok(st)
+}
+
+fn is_fifo(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFIFO
 }
 
 fn info_of(st: &libc::stat) -> LocalInfo {

@@ -156,15 +156,25 @@ impl Session<'_, '_> {
         let Some(dst) = self.passed_file(serial, "GET_FD", path)? else {
             return Ok(());
         };
+        // Look at the type through O_PATH first: opening a FIFO to read,
+        // even briefly, would meet (and lose) a writer meant for the
+        // stream that follows.
+        let regular = self
+            .resolver
+            .open(path, libc::O_PATH)
+            .ok()
+            .and_then(|fd| fs::fstat(fd.as_fd()).ok())
+            .is_none_or(|st| fs::is_regular(&st));
+        if !regular {
+            return self.refuse_non_regular(serial, path);
+        }
         let (src, st) = match self.open_download(path) {
+            // Replaced by a FIFO since the look: still refused.
+            Ok((_, st)) if !fs::is_regular(&st) => return self.refuse_non_regular(serial, path),
             Ok(f) => f,
             Err(f) => return self.fail(serial, "open", path, f),
         };
-        let size = if fs::is_regular(&st) {
-            st.st_size as u64
-        } else {
-            UNKNOWN_SIZE
-        };
+        let size = st.st_size as u64;
         self.send(
             &Frame::SourceInfo {
                 size,
@@ -186,6 +196,16 @@ impl Session<'_, '_> {
         // client's close is cheap and its cancel returns at once.
         discard::later(Discard::Emptied(dst));
         sent
+    }
+
+    /// A FIFO or device reads only forward and may never end: the stream
+    /// path serves it, where a STOP is seen at every chunk.
+    fn refuse_non_regular(&mut self, serial: u64, path: &[u8]) -> Result<(), ServeEnd> {
+        let message = format!(
+            "GET_FD {}: not a regular file; send it as a stream",
+            show(path)
+        );
+        self.reply_error(serial, libc::EOPNOTSUPP, message)
     }
 
     /// Copy `src` to `dst` from offset 0 to the end of `src`, one [`STEP`]

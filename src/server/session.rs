@@ -603,14 +603,19 @@ impl<'fd, 'o> Session<'fd, 'o> {
         let faults = opts.fault.transfer_faults_for(path);
         let mut sum = StreamChecksum::new();
         let chunk = chunk.min(MAX_CHUNK as usize);
+        let polled = !fs::is_regular(&st);
         loop {
             if self.stop_requested(serial, "GET")? {
                 let message = format!("download of {} cancelled by the client", show(path));
                 return self.cancel_download(serial, libc::ECANCELED, message);
             }
+            if polled && !self.source_ready(fd.as_fd())? {
+                continue;
+            }
             let n = match read_retrying(fd.as_fd(), &mut self.chunk[HEADER_LEN..HEADER_LEN + chunk])
             {
                 Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
                 Err(e) => {
                     let f = Failure::from(e);
                     let message = format!("read {}: {}", show(path), f.reason);
@@ -652,21 +657,45 @@ impl<'fd, 'o> Session<'fd, 'o> {
         }
     }
 
+    /// Wait until a FIFO or device being downloaded has data (or its end),
+    /// or the client has sent something (a STOP): `false` for the latter.
+    /// A FIFO that no writer has opened yet does not poll readable, so the
+    /// download waits for a writer, as `cat` would, instead of ending empty.
+    fn source_ready(&mut self, src: BorrowedFd<'_>) -> Result<bool, ServeEnd> {
+        let mut fds = [
+            crate::sys::pollfd(src.as_raw_fd(), libc::POLLIN),
+            crate::sys::pollfd(self.chan.input().as_raw_fd(), libc::POLLIN),
+        ];
+        // SAFETY: fds is a live two-element pollfd array.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                return Ok(false);
+            }
+            return Err(self.channel_lost(e));
+        }
+        Ok(fds[0].revents != 0)
+    }
+
     /// Open a download's source without blocking on a FIFO, and refuse
     /// directories before any stream starts.
     fn open_download(&self, path: &[u8]) -> Result<(OwnedFd, libc::stat), Failure> {
         let fd = self
             .resolver
             .open(path, libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK)?;
-        crate::sys::set_nonblocking(fd.as_fd(), false)?;
         let st = fs::fstat(fd.as_fd())?;
         if fs::is_dir(&st) {
             return Err(Failure::from_errno(libc::EISDIR));
         }
         if fs::is_regular(&st) {
+            // Regular files never block; reads go straight through.
+            crate::sys::set_nonblocking(fd.as_fd(), false)?;
             // SAFETY: advice only; no pointers.
             unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
         }
+        // Anything else (a FIFO, a device) stays non-blocking: `get` polls
+        // it together with the channel, so a STOP is seen while it waits.
         Ok((fd, st))
     }
 
