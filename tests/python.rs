@@ -6,16 +6,20 @@
 //!   libbarge.so and helper `cargo test` just built;
 //! - `pip install bindings/python` into a fresh venv, and the installed
 //!   package used with nothing but an installed C library on
-//!   LD_LIBRARY_PATH.
+//!   LD_LIBRARY_PATH;
+//! - the tkinter example (examples/python/gui_upload.py) under Xvfb, its
+//!   buttons clicked with xdotool.
 //!
 //! The interpreter is `python3` from PATH, or `$BARGE_PYTHON`; it needs
-//! venv (Debian: python3-venv). The tests take one
+//! venv and tkinter (Debian: python3-venv, python3-tk). The tests take one
 //! lock: the cancel-latency bounds (100 ms) must not compete with each
 //! other for the 2 CPUs of a CI machine.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -246,4 +250,232 @@ print("library", barge.library_version())
         out.contains(&format!("library {}", env!("CARGO_PKG_VERSION"))),
         "{out}"
     );
+}
+
+/// A virtual X server on a display it picks itself (`-displayfd`), killed
+/// on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Xvfb {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into the array. Without O_CLOEXEC, so
+        // that Xvfb inherits the write end (the tests here run one at a
+        // time, so no other child inherits it meanwhile).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds are fresh and owned here alone.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let child = Command::new("Xvfb")
+            .args(["-displayfd", &write_end.as_raw_fd().to_string()])
+            .args(["-screen", "0", "800x600x24", "-nolisten", "tcp"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Xvfb (Debian: xvfb)");
+        drop(write_end);
+        let mut line = String::new();
+        BufReader::new(std::fs::File::from(read_end))
+            .read_line(&mut line)
+            .unwrap();
+        let number = line.trim();
+        assert!(
+            !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
+            "Xvfb gave no display number: {line:?}"
+        );
+        Xvfb {
+            child,
+            display: format!(":{number}"),
+        }
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example's trace lines, as they arrive.
+struct Trace {
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Trace {
+    fn new(stdout: impl Read + Send + 'static) -> Trace {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Trace {
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The fields after `word` of the next line starting with it.
+    fn expect(&mut self, word: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    let mut fields = line.split_whitespace().map(str::to_string);
+                    if fields.next().as_deref() == Some(word) {
+                        return fields.collect();
+                    }
+                }
+                Err(_) => panic!(
+                    "no {word:?} line from the example within {within:?}; it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// The centre of the button `name` from the example's `ready` line
+/// (`name=X,Y,W,H`).
+fn button_centre(ready: &[String], name: &str) -> (i64, i64) {
+    let spec = ready
+        .iter()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} button in {ready:?}"));
+    let v: Vec<i64> = spec.split(',').map(|n| n.parse().unwrap()).collect();
+    (v[0] + v[2] / 2, v[1] + v[3] / 2)
+}
+
+fn click(display: &str, (x, y): (i64, i64)) {
+    check(
+        Command::new("xdotool")
+            .args([
+                "mousemove",
+                "--sync",
+                &x.to_string(),
+                &y.to_string(),
+                "click",
+                "1",
+            ])
+            .env("DISPLAY", display),
+    );
+}
+
+/// Bytes written to `fifo` that no reader has taken yet.
+fn unread(fifo: &std::fs::File) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    assert_eq!(
+        unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) },
+        0
+    );
+    n
+}
+
+fn wait_for(what: &str, within: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// examples/python/gui_upload.py under Xvfb: its upload reads a FIFO that
+/// the test feeds, so the upload is blocked in barge when the test clicks
+/// Cancel with xdotool. The GUI thread must handle the click while the
+/// worker is blocked (it traces it), the upload must end Cancelled within
+/// 100 ms of the click with nothing left behind, and the window must go on
+/// answering: Upload starts a second upload over the same helper, which
+/// completes byte for byte, and Quit closes everything with status 0.
+#[test]
+fn gui_example_cancel_button_under_xvfb() {
+    let _lock = one_at_a_time();
+    let tmp = work_dir("gui");
+    let root = tmp.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let fifo_path = tmp.join("source.fifo");
+    let c = std::ffi::CString::new(fifo_path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Read-write, so barge's open finds a writer and the upload never sees
+    // end of file until this end is closed.
+    let mut fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo_path)
+        .unwrap();
+
+    let x = Xvfb::start();
+    let mut child = python_command(&tmp)
+        .arg(manifest_dir().join("examples/python/gui_upload.py"))
+        .arg("--trace")
+        .arg("--root")
+        .arg(&root)
+        .arg(&fifo_path)
+        .arg("/uploaded.bin")
+        .env("DISPLAY", &x.display)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut trace = Trace::new(child.stdout.take().unwrap());
+    let step = Duration::from_secs(20);
+
+    let ready = trace.expect("ready", step);
+    let first = trace.expect("started", step);
+    assert_eq!(first[0], "1");
+    fifo.write_all(&[0x5a; 60_000]).unwrap();
+    trace.expect("progress", step);
+    // Blocked: barge took everything the FIFO had and waits for more.
+    wait_for("the upload to drain the FIFO", step, || unread(&fifo) == 0);
+
+    click(&x.display, button_centre(&ready, "cancel"));
+    let clicked: f64 = trace.expect("cancel-clicked", step)[0].parse().unwrap();
+    let result = trace.expect("result", step);
+    assert_eq!(result[0], "cancelled", "{result:?}");
+    let cancelled: f64 = result[1].parse().unwrap();
+    let latency = cancelled - clicked;
+    println!("Cancel click to Cancelled: {:.1} ms", latency * 1e3);
+    assert!(latency < 0.1, "the cancel took {latency:.3} s");
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "the cancelled upload left something in {}",
+        root.display()
+    );
+
+    // Still answering: a second upload over the same helper.
+    click(&x.display, button_centre(&ready, "upload"));
+    let second = trace.expect("started", step);
+    assert_eq!(
+        second,
+        vec!["2".to_string(), first[1].clone()],
+        "the same helper"
+    );
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    fifo.write_all(&data).unwrap();
+    wait_for("the second upload to drain the FIFO", step, || {
+        unread(&fifo) == 0
+    });
+    drop(fifo); // end of file
+    let result = trace.expect("result", step);
+    assert_eq!(result, vec!["done".to_string()]);
+    assert_eq!(std::fs::read(root.join("uploaded.bin")).unwrap(), data);
+
+    click(&x.display, button_centre(&ready, "quit"));
+    trace.expect("quit", step);
+    let status = wait_within(&mut child, step).expect("the example did not exit after Quit");
+    let err = stderr.join().unwrap();
+    assert!(status.success(), "the example exited with {status}:\n{err}");
 }

@@ -28,6 +28,20 @@ class RoundTrips(support.TempDirs):
                 self.assertEqual(self.read(dst), data, size)
                 self.assertEqual(h.stat(f"/up{size}").size, size)
 
+    def test_the_default_helper_round_trips_too(self) -> None:
+        # No helper= given: the default helper ($BARGE_HELPER), which may
+        # use the fast path for local files; the results are the same.
+        data = os.urandom(9_000_001)
+        src = self.write_local("src", data)
+        with barge.Handle(root=self.root) as h:
+            h.upload(src, "/up")
+            h.download("/up", os.path.join(self.local, "down"))
+            with open(src, "rb") as f:
+                h.upload_file(f, "/from-file")
+        self.assertEqual(self.read(os.path.join(self.root, "up")), data)
+        self.assertEqual(self.read(os.path.join(self.local, "down")), data)
+        self.assertEqual(self.read(os.path.join(self.root, "from-file")), data)
+
     def test_upload_replaces_an_existing_file(self) -> None:
         with open(os.path.join(self.root, "f"), "wb") as f:
             f.write(b"old contents")
