@@ -156,6 +156,16 @@ struct barge_event {
      * SHUTDOWN: 1 when the helper stopped gracefully when asked, else 0.
      */
     int graceful;
+    /**
+     * PROGRESS of a tree copy (`barge_copy_in`, `barge_copy_out`): files
+     * done so far; `done` and `total` then count the bytes of the whole
+     * tree. -1 for other events and single-file transfers.
+     */
+    int64_t files_done;
+    /**
+     * PROGRESS of a tree copy: files in the tree. Otherwise -1.
+     */
+    int64_t files_total;
 };
 
 /**

@@ -49,6 +49,23 @@ pub enum Error {
     /// A bad argument (errno `EINVAL`).
     #[error("{0}")]
     InvalidArgument(String),
+
+    /// A tree copy in keep-going mode finished, but some entries failed;
+    /// everything else was copied. `errors` lists each failed path in the
+    /// order met (never empty). errno: the first failure's.
+    #[error("{} {} of the tree failed; the first: {}", errors.len(), if errors.len() == 1 { "entry" } else { "entries" }, errors[0].message)]
+    Incomplete { errors: Vec<PathError> },
+}
+
+/// One failed entry of a tree copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathError {
+    /// The entry's path: local for a failure on this side, remote for one
+    /// on the helper's side.
+    pub path: std::path::PathBuf,
+    pub errno: i32,
+    /// What failed, naming the path.
+    pub message: String,
 }
 
 impl Error {
@@ -64,6 +81,7 @@ impl Error {
             Error::Timeout(_) => libc::ETIMEDOUT,
             Error::AbnormalShutdown { .. } => libc::EIO,
             Error::InvalidArgument(_) => libc::EINVAL,
+            Error::Incomplete { errors } => errors.first().map_or(libc::EIO, |e| e.errno),
         }
     }
 

@@ -24,10 +24,11 @@ mod helper_path;
 pub mod process;
 pub mod server;
 mod sys;
+mod treefs;
 pub mod wire;
 
 pub use cancel::Canceller;
 pub use client::{
     default_helper, CallbackId, DirEntry, Event, EventMask, ExitStatus, Handle, RemoteStat,
 };
-pub use error::{strerror, Error, Result};
+pub use error::{strerror, Error, PathError, Result};

@@ -72,6 +72,9 @@ pub(crate) enum Incoming {
     Dirents(Vec<(Vec<u8>, StatRecord)>),
     /// The fast path's running total (COPIED).
     Copied(u64),
+    /// A tree or resume frame; its payload stays in the reader until
+    /// [`Connection::consume`], decoded by [`Connection::ext_frame`].
+    Ext(wire::FrameType),
 }
 
 pub(crate) struct Connection {
@@ -88,6 +91,8 @@ pub(crate) struct Connection {
     /// The helper granted the fast path, and it is our own child: local
     /// files may be passed to it as fds (see `fastpath`).
     pub fast_path: bool,
+    /// The feature bits the handshake agreed on.
+    pub features: u64,
 }
 
 impl Connection {
@@ -109,6 +114,7 @@ impl Connection {
             next_serial: 1,
             broken: None,
             fast_path: false,
+            features: 0,
         }
     }
 
@@ -214,6 +220,10 @@ impl Connection {
                 // The payload stays in the reader until consume().
                 return Ok(Some(Incoming::Data));
             }
+            Frame::Tree(_) | Frame::Resume(_) => {
+                // The payload stays in the reader until consume().
+                return Ok(Some(Incoming::Ext(header.kind)));
+            }
             Frame::End { len, checksum } => Incoming::End { len, checksum },
             Frame::Cancel => Incoming::Cancel,
             Frame::Stop if header.serial != serial => {
@@ -249,6 +259,20 @@ impl Connection {
     /// The payload of the DATA frame last returned by [`Self::read_frame`].
     pub fn data(&self) -> &[u8] {
         self.reader.payload()
+    }
+
+    /// The tree or resume frame last returned by [`Self::read_frame`] as
+    /// [`Incoming::Ext`]. It was checked when read.
+    pub fn ext_frame(&self) -> Frame<'_> {
+        let header = self.reader.header.expect("a frame is in hand");
+        wire::decode_frame(&header, self.reader.payload()).expect("decoded once already")
+    }
+
+    /// Queue frames that are already encoded, whole. Only while no DATA
+    /// frame is partly sent.
+    pub fn queue_encoded(&mut self, frames: &[u8]) {
+        debug_assert!(self.out.data_is_empty());
+        self.out.ctrl.extend_from_slice(frames);
     }
 
     /// Release the DATA frame last returned by [`Self::read_frame`].

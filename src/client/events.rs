@@ -20,6 +20,16 @@ pub enum Event<'a> {
     /// progress interval (default 100 ms), plus once when the transfer
     /// ends.
     Progress { done: u64, total: Option<u64> },
+    /// Progress of a tree copy (`copy_in`, `copy_out`), for the whole
+    /// tree: files and bytes done out of the totals the walk found. Sent
+    /// to PROGRESS callbacks instead of [`Event::Progress`], under the
+    /// same rate limit, and once when the copy ends.
+    TreeProgress {
+        files_done: u64,
+        files_total: u64,
+        bytes_done: u64,
+        bytes_total: u64,
+    },
     /// One line the helper wrote to stderr, without the newline.
     Log { line: &'a [u8] },
     /// The helper of a successful launch is gone: stopped gracefully,
@@ -59,7 +69,7 @@ impl Event<'_> {
     pub fn mask(&self) -> EventMask {
         match self {
             Event::Launched { .. } => EventMask::LAUNCHED,
-            Event::Progress { .. } => EventMask::PROGRESS,
+            Event::Progress { .. } | Event::TreeProgress { .. } => EventMask::PROGRESS,
             Event::Log { .. } => EventMask::LOG,
             Event::Shutdown { .. } => EventMask::SHUTDOWN,
         }

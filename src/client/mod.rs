@@ -12,6 +12,7 @@ mod events;
 mod fastpath;
 mod local;
 mod transfer;
+mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -84,7 +85,11 @@ struct Config {
     progress_interval: Duration,
     /// Offer the fast path: `None` means only with the default helper.
     fast_path: Option<bool>,
+    tree: tree::TreeOptions,
 }
+
+/// The feature bits this client offers in HELLO.
+const OFFERED_FEATURES: u64 = wire::tree::FEATURE_TREES;
 
 #[derive(Default)]
 struct Backoff {
@@ -163,6 +168,10 @@ impl Handle {
                 fast_path: std::env::var_os("BARGE_FASTPATH")
                     .filter(|v| v == "0")
                     .map(|_| false),
+                tree: tree::TreeOptions {
+                    preserve: true,
+                    keep_going: false,
+                },
             },
             cancel: Arc::new(CancelState::new().map_err(|e| Error::local("eventfd", e))?),
             events: Events::default(),
@@ -272,6 +281,24 @@ impl Handle {
     /// 100 ms. Zero sends one per chunk.
     pub fn set_progress_interval(&mut self, t: Duration) {
         self.config.progress_interval = t;
+    }
+
+    /// Whether tree copies ([`Handle::copy_in`], [`Handle::copy_out`]) give
+    /// files, directories and symlinks the source's mode and mtime (default
+    /// `true`). When off, modes are the source's permission bits less the
+    /// umask of the side that writes (as `cp -r` does) and mtimes are the
+    /// time of the copy.
+    pub fn set_preserve_metadata(&mut self, enable: bool) {
+        self.config.tree.preserve = enable;
+    }
+
+    /// What a tree copy does when an entry fails (an unreadable file, a
+    /// directory it may not write). Off (the default): it stops at the
+    /// first failure and returns its error, naming the path. On: it
+    /// copies everything else and then returns [`Error::Incomplete`] with
+    /// every failed path.
+    pub fn set_keep_going(&mut self, enable: bool) {
+        self.config.tree.keep_going = enable;
     }
 
     /// A canceller for this handle, usable from any thread and from signal
@@ -421,6 +448,46 @@ impl Handle {
             let (mut dst, _) = LocalFile::from_fd(fd, true).map_err(|e| Error::local(&name, e))?;
             transfer::get(conn, ctx, &mut dst, remote, &name, &mut |_, _| {})
         })
+    }
+
+    /// Copy the local file or directory `local` into the remote directory
+    /// `remote_dir`, recursively, as `remote_dir/NAME` (`NAME` is the last
+    /// component of `local`): like `cp -r local remote_dir/`. Existing
+    /// directories are merged and existing files replaced.
+    ///
+    /// - Regular files, directories and symlinks are copied; symlinks as
+    ///   links, never followed (nor is `local` itself when it is one).
+    ///   Special files (FIFOs, sockets, devices) are skipped, each with a
+    ///   LOG event.
+    /// - Mode and mtime are kept unless [`Handle::set_preserve_metadata`]
+    ///   turned that off.
+    /// - Every entry is streamed in one request, with no round trip per
+    ///   file. PROGRESS callbacks get [`Event::TreeProgress`] for the whole
+    ///   tree.
+    /// - Each file appears only when complete and verified. A cancel
+    ///   returns [`Error::Cancelled`]: files already copied stay, the file
+    ///   in flight is removed, nothing partial is left.
+    /// - Errors: see [`Handle::set_keep_going`].
+    pub fn copy_in(&mut self, local: impl AsRef<Path>, remote_dir: impl AsRef<Path>) -> Result<()> {
+        let local = local.as_ref();
+        let remote = remote_dir.as_ref().as_os_str().as_bytes();
+        let opts = self.config.tree;
+        self.run(|conn, ctx| tree::copy_in(conn, ctx, opts, local, remote))
+    }
+
+    /// Copy the remote file or directory `remote` into the local directory
+    /// `local_dir`, recursively, as `local_dir/NAME`. The counterpart of
+    /// [`Handle::copy_in`], with the same rules; special files are skipped
+    /// by the helper, which logs each (a LOG event).
+    pub fn copy_out(
+        &mut self,
+        remote: impl AsRef<Path>,
+        local_dir: impl AsRef<Path>,
+    ) -> Result<()> {
+        let remote = remote.as_ref().as_os_str().as_bytes();
+        let local = local_dir.as_ref();
+        let opts = self.config.tree;
+        self.run(|conn, ctx| tree::copy_out(conn, ctx, opts, remote, local))
     }
 
     /// Metadata of `remote`, following symlinks.
@@ -733,7 +800,7 @@ impl Handle {
             Some(enable) => enable,
             None => self.config.helper.is_none(),
         };
-        let offered = if offered { wire::FEATURE_FD_PASSING } else { 0 };
+        let offered = if offered { wire::FEATURE_FD_PASSING } else { 0 } | OFFERED_FEATURES;
         conn.queue(
             &Frame::Hello {
                 version_min: wire::VERSION,
@@ -772,6 +839,7 @@ impl Handle {
                         // not the pid we started.
                         conn.fast_path = features & wire::FEATURE_FD_PASSING != 0
                             && pid == conn.process.pid() as u32;
+                        conn.features = features;
                         Ok(())
                     }
                     Incoming::Error { errno, message } => Err(Error::Protocol {

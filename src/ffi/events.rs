@@ -46,6 +46,12 @@ pub struct barge_event {
     pub term_signal: c_int,
     /// SHUTDOWN: 1 when the helper stopped gracefully when asked, else 0.
     pub graceful: c_int,
+    /// PROGRESS of a tree copy (`barge_copy_in`, `barge_copy_out`): files
+    /// done so far; `done` and `total` then count the bytes of the whole
+    /// tree. -1 for other events and single-file transfers.
+    pub files_done: i64,
+    /// PROGRESS of a tree copy: files in the tree. Otherwise -1.
+    pub files_total: i64,
 }
 
 /// An event callback. `opaque` is the pointer given at registration; `ev`
@@ -79,6 +85,8 @@ impl CCallback {
             exit_status: -1,
             term_signal: 0,
             graceful: 0,
+            files_done: -1,
+            files_total: -1,
         };
         let mut line = Vec::new();
         match *ev {
@@ -90,6 +98,18 @@ impl CCallback {
                 out.kind = BARGE_EVENT_PROGRESS;
                 out.done = done;
                 out.total = total.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX));
+            }
+            Event::TreeProgress {
+                files_done,
+                files_total,
+                bytes_done,
+                bytes_total,
+            } => {
+                out.kind = BARGE_EVENT_PROGRESS;
+                out.done = bytes_done;
+                out.total = i64::try_from(bytes_total).unwrap_or(i64::MAX);
+                out.files_done = i64::try_from(files_done).unwrap_or(i64::MAX);
+                out.files_total = i64::try_from(files_total).unwrap_or(i64::MAX);
             }
             Event::Log { line: bytes } => {
                 out.kind = BARGE_EVENT_LOG;

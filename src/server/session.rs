@@ -6,6 +6,9 @@
 //! (SHUTDOWN, a lost channel, a protocol error), and then no more frames
 //! are owed.
 
+#[path = "tree.rs"]
+mod tree;
+
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -18,12 +21,17 @@ use super::{Failure, ServeEnd, ServerOptions};
 use crate::atomic_file::AtomicFile;
 use crate::wire::{
     decode_frame, decode_header, dirent_fits_alone, encode_frame, encode_header, DirentsBuilder,
-    Frame, FrameType, StreamChecksum, HEADER_LEN, MAX_CHUNK, MAX_CONTROL, UNKNOWN_SIZE, VERSION,
+    Frame, FrameType, StreamChecksum, TreeFrame, HEADER_LEN, MAX_CHUNK, MAX_CONTROL, UNKNOWN_SIZE,
+    VERSION,
 };
 
 // The fast path's requests (PUT_FD, GET_FD) and when it is granted.
 #[path = "fastpath.rs"]
 mod fastpath;
+
+/// Feature bits granted whenever the client offers them (the fast path's
+/// has conditions of its own: `fastpath::grant_features`).
+pub(super) const SUPPORTED_FEATURES: u64 = crate::wire::tree::FEATURE_TREES;
 
 /// A request, copied out of the frame buffer so its handler may use the
 /// channel.
@@ -54,6 +62,15 @@ enum Request {
         chunk: u32,
         path: Vec<u8>,
     },
+    TreeIn {
+        flags: u32,
+        path: Vec<u8>,
+    },
+    TreeOut {
+        flags: u32,
+        chunk: u32,
+        path: Vec<u8>,
+    },
     Shutdown,
     PutFd {
         mode: u32,
@@ -75,6 +92,8 @@ impl Request {
             Request::Rename { .. } => FrameType::Rename,
             Request::Put { .. } => FrameType::Put,
             Request::Get { .. } => FrameType::Get,
+            Request::TreeIn { .. } => FrameType::TreeIn,
+            Request::TreeOut { .. } => FrameType::TreeOut,
             Request::Shutdown => FrameType::Shutdown,
             Request::PutFd { .. } => FrameType::PutFd,
             Request::GetFd { .. } => FrameType::GetFd,
@@ -91,7 +110,9 @@ impl Request {
             | Request::Put { path, .. }
             | Request::Get { path, .. }
             | Request::PutFd { path, .. }
-            | Request::GetFd { path } => show(path).into_owned(),
+            | Request::GetFd { path }
+            | Request::TreeIn { path, .. }
+            | Request::TreeOut { path, .. } => show(path).into_owned(),
             Request::Rename { from, to } => format!("{} to {}", show(from), show(to)),
             Request::Shutdown => String::new(),
         }
@@ -120,6 +141,13 @@ enum Incoming {
     Stop {
         serial: u64,
     },
+    /// A stream frame of the tree or resume extensions; its payload stays
+    /// in the session's control buffer at `..len`.
+    Ext {
+        serial: u64,
+        kind: FrameType,
+        len: usize,
+    },
     /// A frame the client never sends after the handshake.
     Other {
         serial: u64,
@@ -135,6 +163,7 @@ impl Incoming {
             Incoming::End { serial, .. } => (FrameType::End, serial),
             Incoming::Cancel { serial } => (FrameType::Cancel, serial),
             Incoming::Stop { serial } => (FrameType::Stop, serial),
+            Incoming::Ext { serial, kind, .. } => (kind, serial),
             Incoming::Other { serial, kind } => (kind, serial),
         }
     }
@@ -243,7 +272,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 }
             }
         }
-        let features = self.grant_features(features);
+        let features = self.grant_features(features) | (features & SUPPORTED_FEATURES);
         self.send(
             &Frame::Welcome {
                 version: speaks,
@@ -308,6 +337,10 @@ impl<'fd, 'o> Session<'fd, 'o> {
             Request::Get { chunk, path } => self.get(serial, chunk as usize, &path),
             Request::PutFd { mode, size, path } => self.put_fd(serial, mode, size, &path),
             Request::GetFd { path } => self.get_fd(serial, &path),
+            Request::TreeIn { flags, path } => self.tree_in(serial, flags, &path),
+            Request::TreeOut { flags, chunk, path } => {
+                self.tree_out(serial, flags, chunk as usize, &path)
+            }
             Request::Shutdown => {
                 if self.opts.fault.ignore_shutdown {
                     return Ok(());
@@ -832,6 +865,20 @@ impl<'fd, 'o> Session<'fd, 'o> {
             }),
             Frame::Cancel => Some(Incoming::Cancel { serial }),
             Frame::Stop => Some(Incoming::Stop { serial }),
+            Frame::Tree(TreeFrame::In { flags, path }) => req(Request::TreeIn {
+                flags,
+                path: path.to_vec(),
+            }),
+            Frame::Tree(TreeFrame::Out { flags, chunk, path }) => req(Request::TreeOut {
+                flags,
+                chunk,
+                path: path.to_vec(),
+            }),
+            Frame::Tree(_) | Frame::Resume(_) => Some(Incoming::Ext {
+                serial,
+                kind: header.kind,
+                len,
+            }),
             other => Some(Incoming::Other {
                 serial,
                 kind: other.kind(),

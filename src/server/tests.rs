@@ -306,7 +306,7 @@ fn opts_with_fault(spec: &str) -> ServerOptions {
 // ---- handshake ----
 
 #[test]
-fn handshake_chooses_version_1_and_no_features() {
+fn handshake_chooses_version_1_and_the_supported_features() {
     let mut c = Client::start(ServerOptions::default());
     c.hello(1, 5, b"");
     assert_eq!(
@@ -315,7 +315,7 @@ fn handshake_chooses_version_1_and_no_features() {
             0,
             Got::Welcome {
                 version: VERSION,
-                features: 0,
+                features: super::session::SUPPORTED_FEATURES,
                 pid: std::process::id()
             }
         )

@@ -12,8 +12,12 @@
 //! bytes are never copied into a frame buffer.
 
 mod checksum;
+pub mod resume;
+pub mod tree;
 
 pub use checksum::StreamChecksum;
+pub use resume::ResumeFrame;
+pub use tree::{EntryMeta, TreeFrame};
 
 use std::fmt;
 
@@ -66,6 +70,23 @@ pub enum FrameType {
     PutFd = 0x40,
     GetFd = 0x41,
     Copied = 0x42,
+    // Directory trees (wire::tree), 0x50-0x59.
+    TreeIn = 0x50,
+    TreeOut = 0x51,
+    TreeDir = 0x52,
+    TreeLink = 0x53,
+    TreeFile = 0x54,
+    TreeFileWhole = 0x55,
+    TreeSkip = 0x56,
+    TreeFail = 0x57,
+    TreeTotals = 0x58,
+    TreeDone = 0x59,
+    // Resumable transfers (wire::resume), 0x5a-0x5e.
+    PutPartial = 0x5a,
+    PartialAt = 0x5b,
+    PrefixSum = 0x5c,
+    ResumeAt = 0x5d,
+    GetPartial = 0x5e,
 }
 
 impl FrameType {
@@ -95,6 +116,21 @@ impl FrameType {
             0x40 => PutFd,
             0x41 => GetFd,
             0x42 => Copied,
+            0x50 => TreeIn,
+            0x51 => TreeOut,
+            0x52 => TreeDir,
+            0x53 => TreeLink,
+            0x54 => TreeFile,
+            0x55 => TreeFileWhole,
+            0x56 => TreeSkip,
+            0x57 => TreeFail,
+            0x58 => TreeTotals,
+            0x59 => TreeDone,
+            0x5a => PutPartial,
+            0x5b => PartialAt,
+            0x5c => PrefixSum,
+            0x5d => ResumeAt,
+            0x5e => GetPartial,
             _ => return None,
         })
     }
@@ -125,6 +161,21 @@ impl FrameType {
             PutFd => "PUT_FD",
             GetFd => "GET_FD",
             Copied => "COPIED",
+            TreeIn => "TREE_IN",
+            TreeOut => "TREE_OUT",
+            TreeDir => "TREE_DIR",
+            TreeLink => "TREE_LINK",
+            TreeFile => "TREE_FILE",
+            TreeFileWhole => "TREE_FILE_WHOLE",
+            TreeSkip => "TREE_SKIP",
+            TreeFail => "TREE_FAIL",
+            TreeTotals => "TREE_TOTALS",
+            TreeDone => "TREE_DONE",
+            PutPartial => "PUT_PARTIAL",
+            PartialAt => "PARTIAL_AT",
+            PrefixSum => "PREFIX_SUM",
+            ResumeAt => "RESUME_AT",
+            GetPartial => "GET_PARTIAL",
         }
     }
 
@@ -315,6 +366,10 @@ pub enum Frame<'a> {
     Copied {
         total: u64,
     },
+    /// Frames 0x50-0x59, see [`tree`].
+    Tree(TreeFrame<'a>),
+    /// Frames 0x5a-0x5e, see [`resume`].
+    Resume(ResumeFrame<'a>),
 }
 
 impl Frame<'_> {
@@ -344,6 +399,8 @@ impl Frame<'_> {
             Frame::PutFd { .. } => T::PutFd,
             Frame::GetFd { .. } => T::GetFd,
             Frame::Copied { .. } => T::Copied,
+            Frame::Tree(t) => t.kind(),
+            Frame::Resume(r) => r.kind(),
         }
     }
 }
@@ -541,6 +598,21 @@ pub fn decode_frame<'a>(header: &Header, payload: &'a [u8]) -> Result<Frame<'a>,
         },
         FrameType::GetFd => Frame::GetFd { path: rd.path()? },
         FrameType::Copied => Frame::Copied { total: rd.u64()? },
+        FrameType::TreeIn
+        | FrameType::TreeOut
+        | FrameType::TreeDir
+        | FrameType::TreeLink
+        | FrameType::TreeFile
+        | FrameType::TreeFileWhole
+        | FrameType::TreeSkip
+        | FrameType::TreeFail
+        | FrameType::TreeTotals
+        | FrameType::TreeDone => Frame::Tree(tree::decode(kind, &mut rd)?),
+        FrameType::PutPartial
+        | FrameType::PartialAt
+        | FrameType::PrefixSum
+        | FrameType::ResumeAt
+        | FrameType::GetPartial => Frame::Resume(resume::decode(kind, &mut rd)?),
     };
     rd.finish()?;
     Ok(frame)
@@ -670,6 +742,8 @@ fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
             out.extend_from_slice(&d.count.to_be_bytes());
             out.extend_from_slice(d.records);
         }
+        Frame::Tree(ref t) => tree::encode(t, out)?,
+        Frame::Resume(ref r) => resume::encode(r, out)?,
     }
     Ok(())
 }

@@ -1,0 +1,236 @@
+//! TREE_IN and TREE_OUT on the helper's side: a whole directory tree in one
+//! request, every entry streamed back to back (docs/PROTOCOL.md,
+//! "Directory trees").
+//!
+//! A child module of `session`, so it works on the session's buffers
+//! directly. [`crate::treefs`] does the file system work; this module is
+//! the protocol around it: which frame may come when, what ends the
+//! stream, and the one final reply.
+
+use std::os::fd::AsFd;
+
+use super::{show, trim_trailing_slashes, Incoming, Session};
+use crate::server::ServeEnd;
+use crate::treefs::{self, EntryError, TreeSender, TreeWriter};
+use crate::wire::tree::{TREE_KEEP_GOING, TREE_PRESERVE};
+use crate::wire::{decode_frame, Frame, FrameType, Header, TreeFrame, HEADER_LEN};
+
+/// TREE_OUT sends frames in batches of about this many bytes, one write
+/// each.
+const SEND_BATCH: usize = 128 << 10;
+
+/// What a TREE_IN stream frame asks for, copied out of the control buffer
+/// only where it has to be.
+enum Step {
+    Entry(Result<(), EntryError>),
+    Done,
+}
+
+impl Session<'_, '_> {
+    /// Receive a tree into the directory `path`.
+    pub(super) fn tree_in(&mut self, serial: u64, flags: u32, path: &[u8]) -> Result<(), ServeEnd> {
+        let keep_going = flags & TREE_KEEP_GOING != 0;
+        let base = match self.resolver.open(path, libc::O_PATH | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(f) => {
+                let message = format!("copy into {}: {}", show(path), f.reason);
+                return self.refuse_tree(serial, f.errno, message);
+            }
+        };
+        let mut w = TreeWriter::new(base, flags & TREE_PRESERVE != 0, treefs::current_umask());
+        loop {
+            let Some(incoming) = self.next_incoming()? else {
+                return Err(ServeEnd::ChannelLost);
+            };
+            let step = match incoming {
+                Incoming::Ext {
+                    serial: s,
+                    kind,
+                    len,
+                } if s == serial => {
+                    let header = Header {
+                        kind,
+                        len: len as u32,
+                        serial,
+                    };
+                    let in_file = w.in_file();
+                    match decode_frame(&header, &self.control[..len]) {
+                        Ok(Frame::Tree(t)) => match t {
+                            TreeFrame::Dir { meta, path } if !in_file => {
+                                Some(Step::Entry(w.dir(path, meta)))
+                            }
+                            TreeFrame::Link { meta, path, target } if !in_file => {
+                                Some(Step::Entry(w.link(path, target, meta)))
+                            }
+                            TreeFrame::FileWhole {
+                                meta,
+                                checksum,
+                                path,
+                                data,
+                            } if !in_file => {
+                                Some(Step::Entry(w.file_whole(path, meta, checksum, data)))
+                            }
+                            TreeFrame::File { meta, path, .. } if !in_file => {
+                                Some(Step::Entry(w.begin_file(path, meta)))
+                            }
+                            TreeFrame::Skip if in_file => {
+                                w.abandon_file();
+                                Some(Step::Entry(Ok(())))
+                            }
+                            TreeFrame::Done if !in_file => Some(Step::Done),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                    .ok_or(incoming)
+                }
+                Incoming::Data { serial: s, len } if s == serial && w.in_file() => Ok(Step::Entry(
+                    w.data(&self.chunk[HEADER_LEN..HEADER_LEN + len]),
+                )),
+                Incoming::End {
+                    serial: s,
+                    len,
+                    checksum,
+                } if s == serial && w.in_file() => Ok(Step::Entry(w.end_file(len, checksum))),
+                Incoming::Cancel { serial: s } if s == serial => {
+                    w.finish();
+                    let message = format!("copy into {} cancelled by the client", show(path));
+                    return self.reply_error(serial, libc::ECANCELED, message);
+                }
+                Incoming::Stop { .. } => Ok(Step::Entry(Ok(()))),
+                other => Err(other),
+            };
+            let step = match step {
+                Ok(s) => s,
+                Err(other) => {
+                    return Err(self.unexpected(&other, &format!("during TREE_IN serial {serial}")))
+                }
+            };
+            match step {
+                Step::Entry(Ok(())) => {}
+                Step::Entry(Err(e)) if keep_going => self.send_tree_fail(serial, &e)?,
+                Step::Entry(Err(e)) => {
+                    // Stop the client's stream, then report this entry.
+                    w.abandon_file();
+                    self.send(&Frame::Stop, serial)?;
+                    self.drain_tree(serial)?;
+                    w.finish();
+                    let message = format!("copy into {}: {}", show(path), e.message);
+                    return self.reply_error(serial, e.errno, message);
+                }
+                Step::Done => {
+                    let errors = w.finish();
+                    if let (false, Some(e)) = (keep_going, errors.first()) {
+                        let message = format!("copy into {}: {}", show(path), e.message);
+                        return self.reply_error(serial, e.errno, message);
+                    }
+                    for e in &errors {
+                        self.send_tree_fail(serial, e)?;
+                    }
+                    return self.send(&Frame::Ok, serial);
+                }
+            }
+        }
+    }
+
+    /// The helper refuses a tree upload before any entry: STOP, discard
+    /// the client's stream, then the final ERROR.
+    fn refuse_tree(&mut self, serial: u64, errno: i32, message: String) -> Result<(), ServeEnd> {
+        self.send(&Frame::Stop, serial)?;
+        self.drain_tree(serial)?;
+        self.reply_error(serial, errno, message)
+    }
+
+    /// Read and discard the client's tree stream up to its DONE or CANCEL.
+    fn drain_tree(&mut self, serial: u64) -> Result<(), ServeEnd> {
+        loop {
+            let Some(incoming) = self.next_incoming()? else {
+                return Err(ServeEnd::ChannelLost);
+            };
+            match incoming {
+                Incoming::Ext {
+                    serial: s, kind, ..
+                } if s == serial => {
+                    if kind == FrameType::TreeDone {
+                        return Ok(());
+                    }
+                }
+                Incoming::Cancel { serial: s } if s == serial => return Ok(()),
+                Incoming::Data { serial: s, .. } | Incoming::End { serial: s, .. }
+                    if s == serial => {}
+                Incoming::Stop { .. } => {}
+                other => {
+                    return Err(self.unexpected(&other, &format!("during TREE_IN serial {serial}")))
+                }
+            }
+        }
+    }
+
+    fn send_tree_fail(&mut self, serial: u64, e: &EntryError) -> Result<(), ServeEnd> {
+        log_line!("barge-helper: {}", e.message);
+        self.send(
+            &Frame::Tree(TreeFrame::Fail {
+                errno: e.errno,
+                path: &e.rel,
+                message: e.message.as_bytes(),
+            }),
+            serial,
+        )
+    }
+
+    /// Send the tree at `path` (a file, a symlink or a directory).
+    pub(super) fn tree_out(
+        &mut self,
+        serial: u64,
+        flags: u32,
+        chunk: usize,
+        path: &[u8],
+    ) -> Result<(), ServeEnd> {
+        let keep_going = flags & TREE_KEEP_GOING != 0;
+        let parent = match self.resolver.parent(trim_trailing_slashes(path)) {
+            Ok(p) => p,
+            Err(f) => return self.fail(serial, "copy from", path, f),
+        };
+        let top = parent.name.as_bytes().to_vec();
+        let mut walk = match treefs::walk(parent.dir.as_fd(), &top, &top, keep_going) {
+            Ok(w) => w,
+            Err(e) => {
+                let message = format!("copy from {}: {}", show(path), e.message);
+                return self.reply_error(serial, e.errno, message);
+            }
+        };
+        for line in &walk.skipped {
+            log_line!("barge-helper: {line}");
+        }
+        self.send(
+            &Frame::Tree(TreeFrame::Totals {
+                files: walk.files,
+                bytes: walk.bytes,
+            }),
+            serial,
+        )?;
+        for e in std::mem::take(&mut walk.errors) {
+            self.send_tree_fail(serial, &e)?;
+        }
+        let mut sender = TreeSender::new(parent.dir, &top, walk, chunk);
+        loop {
+            if self.stop_requested(serial, "TREE_OUT")? {
+                let message = format!("copy from {} cancelled by the client", show(path));
+                return self.cancel_download(serial, libc::ECANCELED, message);
+            }
+            self.out.clear();
+            let filled = sender.fill(serial, &mut self.out, SEND_BATCH);
+            self.write_out()?;
+            if let Err(e) = filled {
+                if !keep_going {
+                    let message = format!("copy from {}: {}", show(path), e.message);
+                    return self.cancel_download(serial, e.errno, message);
+                }
+                self.send_tree_fail(serial, &e)?;
+            }
+            if sender.is_done() {
+                return self.send(&Frame::Ok, serial);
+            }
+        }
+    }
+}

@@ -1,0 +1,1018 @@
+//! Directory trees on a local file system, for both ends of a tree copy:
+//! the client uploading (`copy_in`) and the helper downloading
+//! (`copy_out`) read a tree with [`walk`] and [`TreeSender`]; the helper
+//! receiving an upload and the client receiving a download write one with
+//! [`TreeWriter`].
+//!
+//! Nothing here follows a symlink below the tree's top: every component is
+//! opened relative to its parent's fd with `O_NOFOLLOW`, so a link in the
+//! tree (or one planted in the destination while the copy runs) never
+//! leads a read or a write outside it. Links are copied as links.
+//!
+//! Regular files are written through [`AtomicFile`]: a file appears under
+//! its name only when complete and verified, and an abandoned one leaves
+//! nothing behind.
+
+use std::ffi::{CStr, CString};
+use std::io::{self, Read, Write as _};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use crate::atomic_file::AtomicFile;
+use crate::sys::{self, cvt};
+use crate::wire::{
+    encode_frame, encode_header, EntryMeta, Frame, FrameType, StreamChecksum, TreeFrame,
+};
+
+/// Files at most this long travel in one FILE_WHOLE frame (and never more
+/// than the chunk size).
+pub(crate) const INLINE_MAX: usize = 32 << 10;
+
+/// A failure about one entry of a tree: its path (relative to the tree's
+/// parent), the errno, and a message naming the operation and the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EntryError {
+    pub rel: Vec<u8>,
+    pub errno: i32,
+    pub message: String,
+}
+
+impl EntryError {
+    pub fn new(verb: &str, rel: &[u8], errno: i32) -> EntryError {
+        EntryError {
+            rel: rel.to_vec(),
+            errno,
+            message: format!(
+                "{verb} {}: {}",
+                String::from_utf8_lossy(rel),
+                crate::strerror(errno)
+            ),
+        }
+    }
+
+    pub fn io(verb: &str, rel: &[u8], e: &io::Error) -> EntryError {
+        EntryError::new(verb, rel, e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// What an entry of a walked tree is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Dir,
+    File { size: u64 },
+    Link { target: Vec<u8> },
+}
+
+/// One entry of a walked tree, in the order it is sent: a directory comes
+/// before everything inside it, and a directory's files and links come
+/// before its subdirectories, so a receiver finds each entry's parent
+/// among the directories it just made.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub rel: Vec<u8>,
+    pub kind: EntryKind,
+    pub meta: EntryMeta,
+}
+
+/// A walked tree.
+#[derive(Default)]
+pub(crate) struct Walk {
+    pub entries: Vec<Entry>,
+    pub files: u64,
+    pub bytes: u64,
+    /// Special files (FIFOs, sockets, devices) left out, as log lines.
+    pub skipped: Vec<String>,
+    /// Entries that could not be read (keep-going mode only).
+    pub errors: Vec<EntryError>,
+}
+
+fn cstring(name: &[u8]) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value for fstatat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: name is NUL-terminated and st is a live, writable stat.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a live, writable stat; fd is open.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+fn meta_of(st: &libc::stat) -> EntryMeta {
+    EntryMeta {
+        mode: st.st_mode,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+    }
+}
+
+fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: name is NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if (n as usize) < buf.len() {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        if buf.len() >= libc::PATH_MAX as usize * 2 {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// The names in an open directory, without `.` and `..`.
+fn read_names(dir: OwnedFd) -> io::Result<Vec<CString>> {
+    let raw = dir.as_raw_fd();
+    // fdopendir takes the fd over; keep ours apart so both close cleanly.
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd; no pointers.
+    let dup = cvt(unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: dup is an open directory fd whose ownership passes to the
+    // DIR on success.
+    let d = unsafe { libc::fdopendir(dup) };
+    if d.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so dup is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    let result = loop {
+        // readdir reports errors only through errno, so clear it first.
+        // SAFETY: __errno_location returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: d is a live DIR from fdopendir.
+        let ent = unsafe { libc::readdir(d) };
+        if ent.is_null() {
+            break match sys::errno() {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            };
+        }
+        // SAFETY: readdir returned a valid entry whose d_name is
+        // NUL-terminated and valid until the next readdir; copied now.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        let b = name.to_bytes();
+        if b != b"." && b != b".." {
+            names.push(name.to_owned());
+        }
+    };
+    // SAFETY: d came from fdopendir and is closed only here.
+    unsafe { libc::closedir(d) };
+    drop(dir);
+    result.map(|()| names)
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        v.extend_from_slice(parent);
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+/// Walk the tree whose top is `name` in the directory `parent`, without
+/// following symlinks (the top included). Its entries' paths start with
+/// `top` (the name the tree gets at the destination). With `keep_going`,
+/// unreadable directories are recorded in [`Walk::errors`] and the walk
+/// goes on; otherwise the first one is returned.
+pub(crate) fn walk(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    top: &[u8],
+    keep_going: bool,
+) -> Result<Walk, EntryError> {
+    let mut w = Walk::default();
+    let c = cstring(name).map_err(|e| EntryError::io("stat", top, &e))?;
+    let st = lstat_at(parent, &c).map_err(|e| EntryError::io("stat", top, &e))?;
+    match classify(parent, &c, &st, top) {
+        Ok(Some(kind)) => {
+            let is_dir = kind == EntryKind::Dir;
+            w.push(Entry {
+                rel: top.to_vec(),
+                kind,
+                meta: meta_of(&st),
+            });
+            if is_dir {
+                walk_dir(parent, &c, top, keep_going, &mut w)?;
+            }
+        }
+        Ok(None) => w.skipped.push(special_line(top, &st)),
+        Err(e) => return Err(e),
+    }
+    Ok(w)
+}
+
+impl Walk {
+    fn push(&mut self, e: Entry) {
+        if let EntryKind::File { size } = e.kind {
+            self.files += 1;
+            self.bytes += size;
+        }
+        self.entries.push(e);
+    }
+}
+
+fn special_line(rel: &[u8], st: &libc::stat) -> String {
+    let what = match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        _ => "special file",
+    };
+    format!(
+        "barge: skipping {what} {} (only files, directories and symlinks are copied)",
+        String::from_utf8_lossy(rel)
+    )
+}
+
+/// The kind of a stat'ed entry; `None` for a special file.
+fn classify(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    st: &libc::stat,
+    rel: &[u8],
+) -> Result<Option<EntryKind>, EntryError> {
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => Some(EntryKind::Dir),
+        libc::S_IFREG => Some(EntryKind::File {
+            size: st.st_size as u64,
+        }),
+        libc::S_IFLNK => Some(EntryKind::Link {
+            target: read_link_at(dir, name).map_err(|e| EntryError::io("readlink", rel, &e))?,
+        }),
+        _ => None,
+    })
+}
+
+fn walk_dir(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    rel: &[u8],
+    keep_going: bool,
+    w: &mut Walk,
+) -> Result<(), EntryError> {
+    let listed = sys::openat(
+        parent,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .and_then(|fd| {
+        // SAFETY: F_DUPFD_CLOEXEC on an open fd; no pointers.
+        let keep = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        // SAFETY: a new fd owned by nobody else.
+        let keep = unsafe { OwnedFd::from_raw_fd(keep) };
+        Ok((keep, read_names(fd)?))
+    });
+    let (dir, mut names) = match listed {
+        Ok(x) => x,
+        Err(e) => {
+            let err = EntryError::io("open directory", rel, &e);
+            if keep_going {
+                w.errors.push(err);
+                return Ok(());
+            }
+            return Err(err);
+        }
+    };
+    names.sort();
+    let mut subdirs = Vec::new();
+    for n in names {
+        let child = join(rel, n.to_bytes());
+        let st = match lstat_at(dir.as_fd(), &n) {
+            Ok(st) => st,
+            // Removed since readdir saw it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => {
+                let err = EntryError::io("stat", &child, &e);
+                if keep_going {
+                    w.errors.push(err);
+                    continue;
+                }
+                return Err(err);
+            }
+        };
+        match classify(dir.as_fd(), &n, &st, &child) {
+            Ok(Some(EntryKind::Dir)) => subdirs.push((n, child, meta_of(&st))),
+            Ok(Some(kind)) => w.push(Entry {
+                rel: child,
+                kind,
+                meta: meta_of(&st),
+            }),
+            Ok(None) => w.skipped.push(special_line(&child, &st)),
+            Err(e) if keep_going => w.errors.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    for (n, child, meta) in subdirs {
+        w.push(Entry {
+            rel: child.clone(),
+            kind: EntryKind::Dir,
+            meta,
+        });
+        walk_dir(dir.as_fd(), &n, &child, keep_going, w)?;
+    }
+    Ok(())
+}
+
+/// Split `a/b/c` into `a/b` and `c`; a single name has an empty parent.
+pub(crate) fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&rel[..0], rel),
+    }
+}
+
+/// The directory of the last entry, kept open: entries arrive grouped by
+/// directory, so most lookups cost no system call.
+struct DirCache {
+    rel: Vec<u8>,
+    fd: Option<OwnedFd>,
+}
+
+impl DirCache {
+    fn new() -> DirCache {
+        DirCache {
+            rel: Vec::new(),
+            fd: None,
+        }
+    }
+
+    /// The directory `rel` beneath `base`, opened one name at a time with
+    /// `O_NOFOLLOW`, so a symlink anywhere on the way gives an error
+    /// instead of being followed.
+    fn get<'a>(&'a mut self, base: BorrowedFd<'a>, rel: &[u8]) -> io::Result<BorrowedFd<'a>> {
+        if rel.is_empty() {
+            return Ok(base);
+        }
+        if self.fd.is_none() || self.rel != rel {
+            // Start from the cached directory when `rel` lies beneath it.
+            let (mut cur, rest): (Option<OwnedFd>, &[u8]) = match &self.fd {
+                Some(_)
+                    if rel.len() > self.rel.len()
+                        && rel.starts_with(&self.rel)
+                        && rel[self.rel.len()] == b'/' =>
+                {
+                    (self.fd.take(), &rel[self.rel.len() + 1..])
+                }
+                _ => (None, rel),
+            };
+            self.fd = None;
+            for comp in rest.split(|&b| b == b'/') {
+                let name = cstring(comp)?;
+                let from = cur.as_ref().map_or(base, |f| f.as_fd());
+                let next = sys::openat(
+                    from,
+                    &name,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                cur = Some(next);
+            }
+            self.fd = cur;
+            self.rel = rel.to_vec();
+        }
+        Ok(self.fd.as_ref().expect("opened above").as_fd())
+    }
+
+    fn forget(&mut self) {
+        self.fd = None;
+        self.rel.clear();
+    }
+}
+
+// ---- sending ----
+
+/// A file being streamed as FILE, DATA*, END.
+struct Streaming {
+    file: std::fs::File,
+    rel_index: usize,
+    sum: StreamChecksum,
+}
+
+/// Reads a walked tree and encodes it as tree frames, batch by batch.
+pub(crate) struct TreeSender {
+    /// The directory holding the tree's top.
+    base: OwnedFd,
+    /// The top's name in `base`; entries' paths start with `top` instead.
+    top_name: Vec<u8>,
+    top: Vec<u8>,
+    entries: Vec<Entry>,
+    next: usize,
+    cache: DirCache,
+    streaming: Option<Streaming>,
+    chunk: usize,
+    inline_max: usize,
+    scratch: Vec<u8>,
+    pub files_done: u64,
+    pub bytes_done: u64,
+    done: bool,
+}
+
+impl TreeSender {
+    pub fn new(base: OwnedFd, top_name: &[u8], walk: Walk, chunk: usize) -> TreeSender {
+        let top = walk
+            .entries
+            .first()
+            .map(|e| e.rel.clone())
+            .unwrap_or_default();
+        TreeSender {
+            base,
+            top_name: top_name.to_vec(),
+            top,
+            entries: walk.entries,
+            next: 0,
+            cache: DirCache::new(),
+            streaming: None,
+            chunk,
+            inline_max: INLINE_MAX.min(chunk),
+            scratch: vec![0; chunk.max(INLINE_MAX) + 1],
+            files_done: 0,
+            bytes_done: 0,
+            done: false,
+        }
+    }
+
+    /// Whether DONE has been encoded.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The path an entry has in the source, relative to `base`.
+    fn source_rel(&self, rel: &[u8]) -> Vec<u8> {
+        let rest = &rel[self.top.len()..];
+        let mut v = self.top_name.clone();
+        v.extend_from_slice(rest);
+        v
+    }
+
+    /// Open an entry's file for reading, never following a symlink.
+    fn open_file(&mut self, rel: &[u8]) -> io::Result<(std::fs::File, libc::stat)> {
+        let src = self.source_rel(rel);
+        let (dir, name) = split_rel(&src);
+        let name = cstring(name)?;
+        let dir = self.cache.get(self.base.as_fd(), dir)?;
+        let fd = sys::openat(
+            dir,
+            &name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        )?;
+        let st = fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            // Replaced by something else since the walk.
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok((std::fs::File::from(fd), st))
+    }
+
+    /// Append frames with `serial` to `out` until it holds at least
+    /// `budget` bytes or the tree is done. An entry that cannot be read is
+    /// returned as an error after the stream has been left consistent (a
+    /// SKIP appended for a file in flight); calling again goes on with the
+    /// next entry.
+    pub fn fill(
+        &mut self,
+        serial: u64,
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> Result<(), EntryError> {
+        while out.len() < budget && !self.done {
+            if let Some(s) = self.streaming.as_mut() {
+                let chunk = self.chunk;
+                match read_some(&mut s.file, &mut self.scratch[..chunk]) {
+                    Ok(0) => {
+                        push_frame(
+                            out,
+                            &Frame::End {
+                                len: s.sum.len(),
+                                checksum: s.sum.digest(),
+                            },
+                            serial,
+                        );
+                        self.streaming = None;
+                        self.files_done += 1;
+                    }
+                    Ok(n) => {
+                        s.sum.update(&self.scratch[..n]);
+                        out.extend_from_slice(&encode_header(FrameType::Data, n as u32, serial));
+                        out.extend_from_slice(&self.scratch[..n]);
+                        self.bytes_done += n as u64;
+                    }
+                    Err(e) => {
+                        let rel = self.entries[s.rel_index].rel.clone();
+                        self.streaming = None;
+                        self.files_done += 1;
+                        push_frame(out, &Frame::Tree(TreeFrame::Skip), serial);
+                        return Err(EntryError::io("read", &rel, &e));
+                    }
+                }
+                continue;
+            }
+            let Some(entry) = self.entries.get(self.next) else {
+                push_frame(out, &Frame::Tree(TreeFrame::Done), serial);
+                self.done = true;
+                break;
+            };
+            let index = self.next;
+            self.next += 1;
+            match &entry.kind {
+                EntryKind::Dir => push_frame(
+                    out,
+                    &Frame::Tree(TreeFrame::Dir {
+                        meta: entry.meta,
+                        path: &entry.rel,
+                    }),
+                    serial,
+                ),
+                EntryKind::Link { target } => push_frame(
+                    out,
+                    &Frame::Tree(TreeFrame::Link {
+                        meta: entry.meta,
+                        path: &entry.rel,
+                        target,
+                    }),
+                    serial,
+                ),
+                EntryKind::File { .. } => {
+                    let rel = entry.rel.clone();
+                    let (mut file, st) = match self.open_file(&rel) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.files_done += 1;
+                            return Err(EntryError::io("open", &rel, &e));
+                        }
+                    };
+                    let meta = meta_of(&st);
+                    // Small files: read whole, send in one frame.
+                    let mut got = 0;
+                    let whole = if (st.st_size as u64) <= self.inline_max as u64 {
+                        let limit = self.inline_max + 1;
+                        loop {
+                            match read_some(&mut file, &mut self.scratch[got..limit]) {
+                                Ok(0) => break got <= self.inline_max,
+                                Ok(n) => {
+                                    got += n;
+                                    if got == limit {
+                                        break false;
+                                    }
+                                }
+                                Err(e) => {
+                                    self.files_done += 1;
+                                    return Err(EntryError::io("read", &rel, &e));
+                                }
+                            }
+                        }
+                    } else {
+                        false
+                    };
+                    if whole && crate::wire::tree::file_whole_fits(&rel, got) {
+                        let data = &self.scratch[..got];
+                        push_frame(
+                            out,
+                            &Frame::Tree(TreeFrame::FileWhole {
+                                meta,
+                                checksum: whole_checksum(data),
+                                path: &rel,
+                                data,
+                            }),
+                            serial,
+                        );
+                        self.files_done += 1;
+                        self.bytes_done += got as u64;
+                        continue;
+                    }
+                    push_frame(
+                        out,
+                        &Frame::Tree(TreeFrame::File {
+                            meta,
+                            size: st.st_size as u64,
+                            path: &rel,
+                        }),
+                        serial,
+                    );
+                    let mut sum = StreamChecksum::new();
+                    if got > 0 {
+                        let data = &self.scratch[..got];
+                        sum.update(data);
+                        out.extend_from_slice(&encode_header(FrameType::Data, got as u32, serial));
+                        out.extend_from_slice(data);
+                        self.bytes_done += got as u64;
+                    }
+                    self.streaming = Some(Streaming {
+                        file,
+                        rel_index: index,
+                        sum,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The XXH3-64 of `data`, as END and FILE_WHOLE carry it.
+fn whole_checksum(data: &[u8]) -> u64 {
+    let mut sum = StreamChecksum::new();
+    sum.update(data);
+    sum.digest()
+}
+
+fn read_some(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Append one encoded frame. Tree frames are built from checked paths and
+/// sizes, so encoding cannot fail; if it ever did, the frame would be
+/// missing and the receiver would report the stream as broken.
+pub(crate) fn push_frame(out: &mut Vec<u8>, frame: &Frame<'_>, serial: u64) {
+    let r = encode_frame(frame, serial, out);
+    debug_assert!(r.is_ok(), "tree frame failed to encode: {r:?}");
+}
+
+// ---- receiving ----
+
+/// A file being received as FILE, DATA*, END.
+struct InFlight {
+    file: AtomicFile,
+    rel: Vec<u8>,
+    meta: EntryMeta,
+    sum: StreamChecksum,
+}
+
+/// The file being received.
+enum Receiving {
+    None,
+    File(Box<InFlight>),
+    /// A file whose creation or writing failed: its data is discarded up
+    /// to its END or SKIP.
+    Discarding,
+}
+
+/// Writes a received tree beneath a destination directory.
+pub(crate) struct TreeWriter {
+    base: OwnedFd,
+    preserve: bool,
+    umask: u32,
+    cache: DirCache,
+    /// Directories whose mode and mtime are set when the tree is done,
+    /// after everything inside them was written.
+    dirs: Vec<(Vec<u8>, EntryMeta, bool)>,
+    receiving: Receiving,
+    /// Files committed and bytes received so far.
+    pub files_done: u64,
+    pub bytes_done: u64,
+}
+
+impl TreeWriter {
+    pub fn new(base: OwnedFd, preserve: bool, umask: u32) -> TreeWriter {
+        TreeWriter {
+            base,
+            preserve,
+            umask,
+            cache: DirCache::new(),
+            dirs: Vec::new(),
+            receiving: Receiving::None,
+            files_done: 0,
+            bytes_done: 0,
+        }
+    }
+
+    /// Whether a FILE is open (its END or SKIP is due).
+    pub fn in_file(&self) -> bool {
+        !matches!(self.receiving, Receiving::None)
+    }
+
+    fn parent<'a>(&'a mut self, rel: &'a [u8]) -> Result<(BorrowedFd<'a>, CString), EntryError> {
+        let (dir, name) = split_rel(rel);
+        let name = cstring(name).map_err(|e| EntryError::io("create", rel, &e))?;
+        let base = self.base.as_fd();
+        // A symlink or a file where a directory is expected gives ENOTDIR
+        // or ELOOP here: links are never followed.
+        let fd = self
+            .cache
+            .get(base, dir)
+            .map_err(|e| EntryError::io("open parent directory of", rel, &e))?;
+        Ok((fd, name))
+    }
+
+    fn file_mode(&self, mode: u32) -> u32 {
+        if self.preserve {
+            mode & 0o7777
+        } else {
+            mode & 0o777 & !self.umask
+        }
+    }
+
+    pub fn dir(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
+        let create_mode = (meta.mode & 0o7777) | 0o700;
+        let (parent, name) = self.parent(rel)?;
+        // SAFETY: name is NUL-terminated; parent is open.
+        let r = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), create_mode) };
+        let created = if r == 0 {
+            true
+        } else {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(EntryError::io("mkdir", rel, &e));
+            }
+            match lstat_at(parent, &name) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => false,
+                Ok(_) => return Err(EntryError::new("mkdir", rel, libc::EEXIST)),
+                Err(e) => return Err(EntryError::io("mkdir", rel, &e)),
+            }
+        };
+        self.dirs.push((rel.to_vec(), meta, created));
+        Ok(())
+    }
+
+    pub fn link(&mut self, rel: &[u8], target: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
+        let preserve = self.preserve;
+        let target_c = cstring(target).map_err(|e| EntryError::io("symlink", rel, &e))?;
+        let (parent, name) = self.parent(rel)?;
+        // SAFETY: both strings are NUL-terminated; parent is open.
+        let r = unsafe { libc::symlinkat(target_c.as_ptr(), parent.as_raw_fd(), name.as_ptr()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(EntryError::io("symlink", rel, &e));
+            }
+            // Replace what is there (not a directory) in one rename.
+            let tmp = cstring(
+                format!(
+                    ".{}{}{}",
+                    String::from_utf8_lossy(&name.as_bytes()[..name.as_bytes().len().min(200)]),
+                    crate::atomic_file::HIDDEN_MARK,
+                    sys::random_suffix()
+                )
+                .as_bytes(),
+            )
+            .map_err(|e| EntryError::io("symlink", rel, &e))?;
+            // SAFETY: as above.
+            let r = unsafe { libc::symlinkat(target_c.as_ptr(), parent.as_raw_fd(), tmp.as_ptr()) };
+            if r < 0 {
+                return Err(EntryError::io("symlink", rel, &io::Error::last_os_error()));
+            }
+            // SAFETY: both names are NUL-terminated; parent is open.
+            let r = unsafe {
+                libc::renameat(
+                    parent.as_raw_fd(),
+                    tmp.as_ptr(),
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                // SAFETY: as above; failure leaves nothing more to do.
+                unsafe { libc::unlinkat(parent.as_raw_fd(), tmp.as_ptr(), 0) };
+                return Err(EntryError::io("symlink", rel, &e));
+            }
+        }
+        if preserve {
+            let times = mtime_times(&meta);
+            // SAFETY: name is NUL-terminated; times is a live 2-array.
+            let r = unsafe {
+                libc::utimensat(
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            if r < 0 {
+                return Err(EntryError::io(
+                    "set times of",
+                    rel,
+                    &io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn create_file(&mut self, rel: &[u8], meta: &EntryMeta) -> Result<AtomicFile, EntryError> {
+        let mode = self.file_mode(meta.mode);
+        let (parent, name) = self.parent(rel)?;
+        // AtomicFile keeps its own fd of the directory.
+        // SAFETY: F_DUPFD_CLOEXEC on an open fd; no pointers.
+        let dup = cvt(unsafe { libc::fcntl(parent.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })
+            .map_err(|e| EntryError::io("create", rel, &e))?;
+        // SAFETY: a new fd owned by nobody else.
+        let dir = unsafe { OwnedFd::from_raw_fd(dup) };
+        AtomicFile::create(dir, name.as_bytes(), mode)
+            .map_err(|e| EntryError::io("create", rel, &e))
+    }
+
+    /// Set the file's exact mode (the umask may have cut bits at creation)
+    /// and its mtime, then put it in place.
+    fn commit(
+        &mut self,
+        mut file: AtomicFile,
+        rel: &[u8],
+        meta: &EntryMeta,
+    ) -> Result<(), EntryError> {
+        let mode = self.file_mode(meta.mode);
+        let fd = file.file().as_raw_fd();
+        if self.preserve {
+            if mode & self.umask != 0 {
+                // SAFETY: fchmod on our own open fd.
+                cvt(unsafe { libc::fchmod(fd, mode) })
+                    .map_err(|e| EntryError::io("chmod", rel, &e))?;
+            }
+            let times = mtime_times(meta);
+            // SAFETY: times is a live 2-array; fd is open.
+            cvt(unsafe { libc::futimens(fd, times.as_ptr()) })
+                .map_err(|e| EntryError::io("set times of", rel, &e))?;
+        }
+        file.commit().map_err(|e| {
+            self.cache.forget();
+            EntryError::io("rename into", rel, &e)
+        })?;
+        self.files_done += 1;
+        Ok(())
+    }
+
+    pub fn file_whole(
+        &mut self,
+        rel: &[u8],
+        meta: EntryMeta,
+        checksum: u64,
+        data: &[u8],
+    ) -> Result<(), EntryError> {
+        if whole_checksum(data) != checksum {
+            return Err(EntryError::new("checksum of", rel, libc::EBADMSG));
+        }
+        let mut file = self.create_file(rel, &meta)?;
+        file.file()
+            .write_all(data)
+            .map_err(|e| EntryError::io("write", rel, &e))?;
+        self.bytes_done += data.len() as u64;
+        self.commit(file, rel, &meta)
+    }
+
+    /// Start a FILE. On error its data is discarded up to END or SKIP.
+    pub fn begin_file(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
+        match self.create_file(rel, &meta) {
+            Ok(file) => {
+                self.receiving = Receiving::File(Box::new(InFlight {
+                    file,
+                    rel: rel.to_vec(),
+                    meta,
+                    sum: StreamChecksum::new(),
+                }));
+                Ok(())
+            }
+            Err(e) => {
+                self.receiving = Receiving::Discarding;
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes of the FILE in flight.
+    pub fn data(&mut self, bytes: &[u8]) -> Result<(), EntryError> {
+        if let Receiving::File(f) = &mut self.receiving {
+            f.sum.update(bytes);
+            if let Err(e) = f.file.file().write_all(bytes) {
+                let err = EntryError::io("write", &f.rel, &e);
+                self.receiving = Receiving::Discarding;
+                return Err(err);
+            }
+            self.bytes_done += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The FILE's END: commit it if length and checksum match.
+    pub fn end_file(&mut self, len: u64, checksum: u64) -> Result<(), EntryError> {
+        match std::mem::replace(&mut self.receiving, Receiving::None) {
+            Receiving::File(f) => {
+                let InFlight {
+                    file,
+                    rel,
+                    meta,
+                    sum,
+                } = *f;
+                if !sum.matches(len, checksum) {
+                    return Err(EntryError::new("checksum of", &rel, libc::EBADMSG));
+                }
+                self.commit(file, &rel, &meta)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The sender gave up the FILE in flight (SKIP), or the tree stopped:
+    /// drop its data.
+    pub fn abandon_file(&mut self) {
+        self.receiving = Receiving::None;
+    }
+
+    /// Give the directories made or merged their mode and mtime, innermost
+    /// first, after everything in them was written. Runs when the tree
+    /// ends, cancelled or not. Returns the failures.
+    pub fn finish(&mut self) -> Vec<EntryError> {
+        self.abandon_file();
+        let mut errors = Vec::new();
+        let dirs = std::mem::take(&mut self.dirs);
+        for (rel, meta, created) in dirs.iter().rev() {
+            // Directories that were there already are merged into and keep
+            // their own mode and mtime.
+            if !*created {
+                continue;
+            }
+            let mode = if self.preserve {
+                meta.mode & 0o7777
+            } else {
+                meta.mode & 0o777 & !self.umask
+            };
+            if let Err(e) = self.set_dir_meta(rel, mode, meta) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    fn set_dir_meta(&mut self, rel: &[u8], mode: u32, meta: &EntryMeta) -> Result<(), EntryError> {
+        let preserve = self.preserve;
+        let (parent, name) = self.parent(rel)?;
+        let fd = sys::openat(
+            parent,
+            &name,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| EntryError::io("open directory", rel, &e))?;
+        // SAFETY: fchmod on our own open fd.
+        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+            .map_err(|e| EntryError::io("chmod", rel, &e))?;
+        if preserve {
+            let times = mtime_times(meta);
+            // SAFETY: times is a live 2-array; fd is open.
+            cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })
+                .map_err(|e| EntryError::io("set times of", rel, &e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `[atime, mtime]` for utimensat: atime left alone, mtime from `meta`.
+fn mtime_times(meta: &EntryMeta) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: meta.mtime_sec as libc::time_t,
+            tv_nsec: meta.mtime_nsec as libc::c_long,
+        },
+    ]
+}
+
+/// The process umask, read without changing it (Linux 4.7+), or 022.
+pub(crate) fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
