@@ -4,7 +4,9 @@
 //! A tree moves as one request (TREE_IN or TREE_OUT) whose stream carries
 //! every entry back to back, so no entry costs a round trip:
 //!
-//!     (DIR | LINK | FILE_WHOLE | FILE DATA* (END | SKIP) | FAIL)* (DONE | CANCEL)
+//! ```text
+//! (DIR | LINK | FILE_WHOLE | FILE DATA* (END | SKIP) | FAIL)* (DONE | CANCEL)
+//! ```
 //!
 //! Entry paths are relative to the destination directory and made of
 //! plain names: never empty, `.` or `..`, never absolute.
