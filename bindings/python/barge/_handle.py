@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import io
 import os
@@ -21,7 +20,6 @@ from ._interrupt import Worker, call_interruptibly, in_main_thread, wait_uninter
 from ._types import (
     DirEntry,
     Event,
-    EventKind,
     EventSpec,
     PathArg,
     Stat,

@@ -13,12 +13,17 @@ import sys
 import threading
 import time
 import unittest
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List
 
 import support
 
 PROGRAM = support.HERE / "programs" / "interrupted_transfer.py"
+#: The promise: the transfer is cancelled, and KeyboardInterrupt raised,
+#: within 100 ms of the ^C being handled (as the C tests measure it).
 CANCEL_BOUND = 0.100
+#: The signal must reach the handler while the call is still blocked; how
+#: fast the kernel schedules that is not barge's to promise, so generous.
+DELIVERY_BOUND = 2.0
 
 
 class Program:
@@ -90,7 +95,7 @@ class Program:
 
 
 class SigintSubprocess(support.TempDirs):
-    def run_interrupted(self, mode: str, path: str, when_under_way) -> Dict[str, object]:  # type: ignore[no-untyped-def]
+    def run_interrupted(self, mode: str, path: str, when_under_way: Callable[[], None]) -> Dict[str, object]:
         prog = Program(self.root, mode, path)
         self.addCleanup(prog.cleanup)
         pid = int(prog.expect("helper")[0])
@@ -100,8 +105,9 @@ class SigintSubprocess(support.TempDirs):
         prog.expect("progress")
         when_under_way()
         sent = prog.interrupt()
-        interrupted_at = float(prog.expect("interrupted")[0])
-        latency = interrupted_at - sent  # time.monotonic is system-wide
+        handled_at, raised_at = map(float, prog.expect("interrupted"))
+        delivery = handled_at - sent  # time.monotonic is system-wide
+        latency = raised_at - handled_at
         self.assertEqual(int(prog.expect("helper-after")[0]), pid, "the same helper")
         prog.expect("next-ok")
         # The handle is still open: its helper must be alive, not a zombie,
@@ -115,7 +121,12 @@ class SigintSubprocess(support.TempDirs):
         self.assertEqual(prog.expect("shutdown"), [str(pid), "graceful=True"])
         self.assertNotIn("completed", prog.lines)
         self.assertFalse(support.alive(pid), "the helper outlived its handle")
-        print(f"[{mode}: SIGINT to KeyboardInterrupt {latency * 1000:.1f} ms]", end=" ", flush=True)
+        print(
+            f"[{mode}: SIGINT delivered in {delivery * 1000:.1f} ms, KeyboardInterrupt {latency * 1000:.1f} ms later]",
+            end=" ",
+            flush=True,
+        )
+        self.assertLess(delivery, DELIVERY_BOUND)
         self.assertLess(latency, CANCEL_BOUND)
         return {"remote": remote}
 

@@ -1,11 +1,15 @@
 """A program that starts a large transfer and is interrupted by ^C; run by
-test_sigint_subprocess.py. It keeps Python's default SIGINT handler.
+test_sigint_subprocess.py. Its SIGINT handler notes the time and then is
+Python's default one (``signal.default_int_handler``, which raises
+KeyboardInterrupt), so the test can tell the signal's delivery apart from
+the cancel that follows.
 
 Usage: interrupted_transfer.py ROOT upload FIFO | download LOCAL_TARGET
 
 It prints, one per line: ``helper PID`` once launched, ``progress DONE``
 for the first progress event, then after the ^C ``interrupted
-MONOTONIC_TIME``, ``helper-after PID``, ``next-ok`` once a second transfer
+HANDLED_TIME RAISED_TIME`` (time.monotonic() when the handler ran, and when
+the KeyboardInterrupt reached the program), ``helper-after PID``, ``next-ok`` once a second transfer
 on the same handle worked; then it waits for a line on stdin (the test
 looks at the helper and the files meanwhile), closes the handle (printing
 ``shutdown PID graceful=...`` from the SHUTDOWN event), and re-raises the
@@ -13,6 +17,7 @@ KeyboardInterrupt, so Python exits as killed by SIGINT.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -22,6 +27,13 @@ import barge
 def main() -> None:
     root, mode, path = sys.argv[1], sys.argv[2], sys.argv[3]
     reported = []
+    handled = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        handled.append(time.monotonic())
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
 
     def progress(done: int, total: object) -> None:
         if not reported:
@@ -46,7 +58,7 @@ def main() -> None:
                 h.download("/big.bin", path, progress=progress)
             print("completed", flush=True)
         except KeyboardInterrupt:
-            print("interrupted", time.monotonic(), flush=True)
+            print("interrupted", handled[0], time.monotonic(), flush=True)
             print("helper-after", h.helper_pid, flush=True)
             small = os.path.join(os.path.dirname(path), "small.src")
             with open(small, "wb") as f:
