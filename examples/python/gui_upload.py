@@ -128,6 +128,7 @@ class UploadWindow:
             self.trace("started", self.uploads, f"pid={item[1]}")
         elif kind == "progress":
             done, total = item[1], item[2]
+            assert isinstance(done, int)
             if isinstance(total, int) and total > 0:
                 self.bar.stop()
                 self.bar.configure(mode="determinate", maximum=total, value=done)

@@ -77,7 +77,16 @@ def library_version() -> str:
     """The version of the loaded ``libbarge.so``, e.g. ``"0.1.0"``."""
     from . import _lib
 
-    return _lib.load().barge_version().decode("ascii")
+    version: bytes = _lib.load().barge_version()
+    return version.decode("ascii")
+
+
+def library_path() -> str:
+    """Where ``libbarge.so`` was loaded from: a path, or ``libbarge.so.0``
+    when the dynamic loader found an installed one."""
+    from . import _lib
+
+    return _lib.loaded_from()
 
 
 __all__ = [
@@ -93,5 +102,6 @@ __all__ = [
     "PathArg",
     "ProgressCallback",
     "Stat",
+    "library_path",
     "library_version",
 ]

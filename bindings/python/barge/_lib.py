@@ -138,6 +138,7 @@ _PROTOTYPES = {
 }
 
 _loaded: Optional[ctypes.CDLL] = None
+_loaded_from: Optional[str] = None
 _load_lock = threading.Lock()
 
 
@@ -159,7 +160,10 @@ def _installed_candidates() -> Iterator[str]:
 def _development_candidates() -> List[str]:
     """``libbarge.so`` files of the checkout this package sits in, newest
     first: ``bindings/python/barge/`` is three levels below the root."""
-    root = Path(__file__).resolve().parents[3]
+    parents = Path(__file__).resolve().parents
+    if len(parents) < 4:
+        return []
+    root = parents[3]
     if not (root / "Cargo.toml").is_file() or not (root / "include" / "barge.h").is_file():
         return []
     found = []
@@ -198,7 +202,7 @@ def load() -> ctypes.CDLL:
 
     Raises :class:`LibraryNotFoundError` naming every place tried.
     """
-    global _loaded
+    global _loaded, _loaded_from
     with _load_lock:
         if _loaded is not None:
             return _loaded
@@ -215,7 +219,7 @@ def load() -> ctypes.CDLL:
                 failures.append(f"  {candidate}: {e}")
                 continue
             _declare(lib, candidate)
-            _loaded = lib
+            _loaded, _loaded_from = lib, candidate
             return lib
         how = "BARGE_LIBRARY is set, so only it was tried" if override else (
             "set BARGE_LIBRARY to the path of libbarge.so, or install barge "
@@ -224,6 +228,14 @@ def load() -> ctypes.CDLL:
         raise LibraryNotFoundError(
             "cannot load libbarge.so; " + how + ":\n" + "\n".join(failures)
         )
+
+
+def loaded_from() -> str:
+    """Where the library was loaded from: a path, or ``libbarge.so.0`` when
+    the dynamic loader found it. Loads it first if needed."""
+    load()
+    assert _loaded_from is not None
+    return _loaded_from
 
 
 def last_error() -> "tuple[int, str]":

@@ -104,6 +104,7 @@ class Fifo:
 
     def unread(self) -> int:
         """Bytes written but not yet read by the upload."""
+        assert self.fd is not None
         buf = bytearray(4)
         fcntl.ioctl(self.fd, termios.FIONREAD, buf)
         return int.from_bytes(buf, sys.byteorder)

@@ -3,6 +3,7 @@ message naming the path; nothing partial is left; library discovery."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import subprocess
@@ -166,6 +167,36 @@ class Library(unittest.TestCase):
         self.assertIn("LibraryNotFoundError", r.stderr)
         self.assertIn("/nonexistent/libbarge.so", r.stderr)
         self.assertIn("BARGE_LIBRARY", r.stderr)
+
+    def test_without_barge_library_an_installed_library_comes_before_the_checkouts(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("BARGE_LIBRARY", "LD_LIBRARY_PATH")}
+        r = subprocess.run(
+            [sys.executable, "-c", "import barge; print(barge.library_path())"],
+            env=env,
+            cwd=str(support.HERE.parent),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(r.returncode, 0, r.stderr)
+        from barge import _lib
+
+        installed = [c for c in _lib._installed_candidates() if c == "libbarge.so.0" or os.path.exists(c)]
+        loadable = []
+        for c in installed:
+            try:
+                ctypes.CDLL(c)
+                loadable.append(c)
+            except OSError:
+                pass
+        if loadable:
+            self.assertEqual(r.stdout.strip(), loadable[0])
+        else:
+            checkout = support.HERE.parents[2]
+            self.assertTrue(
+                r.stdout.strip().startswith(str(checkout / "target") + os.sep),
+                f"{r.stdout!r} is not this checkout's build",
+            )
 
     def test_the_version_of_the_loaded_library(self) -> None:
         r = self.run_python("import barge; print(barge.library_version())")

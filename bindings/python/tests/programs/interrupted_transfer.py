@@ -20,16 +20,18 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
+from typing import List, Optional
 
 import barge
 
 
 def main() -> None:
     root, mode, path = sys.argv[1], sys.argv[2], sys.argv[3]
-    reported = []
-    handled = []
+    reported: List[int] = []
+    handled: List[float] = []
 
-    def on_sigint(signum: int, frame: object) -> None:
+    def on_sigint(signum: int, frame: Optional[FrameType]) -> None:
         handled.append(time.monotonic())
         signal.default_int_handler(signum, frame)
 
