@@ -21,6 +21,7 @@ pub mod client;
 mod error;
 pub mod ffi;
 mod helper_path;
+pub mod partial;
 pub mod process;
 pub mod server;
 mod sys;

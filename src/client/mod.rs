@@ -11,6 +11,7 @@ mod conn;
 mod events;
 mod fastpath;
 mod local;
+mod resume;
 mod transfer;
 mod tree;
 
@@ -86,10 +87,11 @@ struct Config {
     /// Offer the fast path: `None` means only with the default helper.
     fast_path: Option<bool>,
     tree: tree::TreeOptions,
+    keep_partial: bool,
 }
 
 /// The feature bits this client offers in HELLO.
-const OFFERED_FEATURES: u64 = wire::tree::FEATURE_TREES;
+const OFFERED_FEATURES: u64 = wire::tree::FEATURE_TREES | wire::resume::FEATURE_RESUME;
 
 #[derive(Default)]
 struct Backoff {
@@ -172,6 +174,7 @@ impl Handle {
                     preserve: true,
                     keep_going: false,
                 },
+                keep_partial: false,
             },
             cancel: Arc::new(CancelState::new().map_err(|e| Error::local("eventfd", e))?),
             events: Events::default(),
@@ -301,6 +304,27 @@ impl Handle {
         self.config.tree.keep_going = enable;
     }
 
+    /// Keep the data of an interrupted [`Handle::upload`] or
+    /// [`Handle::download`] for a later attempt (default `false`).
+    ///
+    /// When on, a cancelled or failed transfer leaves what it moved in
+    /// `.NAME.barge-partial` in the destination directory (the helper's for
+    /// an upload, the local one for a download), never under NAME. The next
+    /// transfer to the same destination continues after that data once the
+    /// helper has checked it against the same prefix of the source with a
+    /// checksum, and starts over when they differ; the whole file's
+    /// checksum is verified at the end either way. PROGRESS then counts the
+    /// bytes this call moves, out of those left to move. See
+    /// [`crate::partial::partial_name`].
+    ///
+    /// Applies to path transfers of regular files; `upload_fd`,
+    /// `download_fd`, uploads from FIFOs and devices, and tree copies keep
+    /// nothing partial whatever this says. When off, nothing partial is
+    /// ever left.
+    pub fn set_keep_partial(&mut self, enable: bool) {
+        self.config.keep_partial = enable;
+    }
+
     /// A canceller for this handle, usable from any thread and from signal
     /// handlers.
     pub fn canceller(&self) -> Canceller {
@@ -361,6 +385,10 @@ impl Handle {
     pub fn upload(&mut self, local: impl AsRef<Path>, remote: impl AsRef<Path>) -> Result<()> {
         let local = local.as_ref();
         let remote = remote.as_ref().as_os_str().as_bytes();
+        // Resuming needs a source that can be read again from its start.
+        if self.config.keep_partial && std::fs::metadata(local).is_ok_and(|m| m.is_file()) {
+            return self.run(|conn, ctx| resume::upload(conn, ctx, local, remote));
+        }
         self.run(|conn, ctx| {
             let name = local.display().to_string();
             let (mut src, info) = LocalFile::open_source(local)
@@ -406,6 +434,9 @@ impl Handle {
     pub fn download(&mut self, remote: impl AsRef<Path>, local: impl AsRef<Path>) -> Result<()> {
         let remote = remote.as_ref().as_os_str().as_bytes();
         let local = local.as_ref();
+        if self.config.keep_partial {
+            return self.run(|conn, ctx| resume::download(conn, ctx, remote, local));
+        }
         self.run(|conn, ctx| {
             let name = local.display().to_string();
             let (dir, file_name) = split_local(local)?;

@@ -9,6 +9,9 @@
 #[path = "tree.rs"]
 mod tree;
 
+#[path = "resume.rs"]
+mod resume;
+
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -21,8 +24,8 @@ use super::{Failure, ServeEnd, ServerOptions};
 use crate::atomic_file::AtomicFile;
 use crate::wire::{
     decode_frame, decode_header, dirent_fits_alone, encode_frame, encode_header, DirentsBuilder,
-    Frame, FrameType, StreamChecksum, TreeFrame, HEADER_LEN, MAX_CHUNK, MAX_CONTROL, UNKNOWN_SIZE,
-    VERSION,
+    Frame, FrameType, ResumeFrame, StreamChecksum, TreeFrame, HEADER_LEN, MAX_CHUNK, MAX_CONTROL,
+    UNKNOWN_SIZE, VERSION,
 };
 
 // The fast path's requests (PUT_FD, GET_FD) and when it is granted.
@@ -31,7 +34,8 @@ mod fastpath;
 
 /// Feature bits granted whenever the client offers them (the fast path's
 /// has conditions of its own: `fastpath::grant_features`).
-pub(super) const SUPPORTED_FEATURES: u64 = crate::wire::tree::FEATURE_TREES;
+pub(super) const SUPPORTED_FEATURES: u64 =
+    crate::wire::tree::FEATURE_TREES | crate::wire::resume::FEATURE_RESUME;
 
 /// A request, copied out of the frame buffer so its handler may use the
 /// channel.
@@ -71,6 +75,16 @@ enum Request {
         chunk: u32,
         path: Vec<u8>,
     },
+    PutPartial {
+        mode: u32,
+        path: Vec<u8>,
+    },
+    GetPartial {
+        chunk: u32,
+        offset: u64,
+        checksum: u64,
+        path: Vec<u8>,
+    },
     Shutdown,
     PutFd {
         mode: u32,
@@ -94,6 +108,8 @@ impl Request {
             Request::Get { .. } => FrameType::Get,
             Request::TreeIn { .. } => FrameType::TreeIn,
             Request::TreeOut { .. } => FrameType::TreeOut,
+            Request::PutPartial { .. } => FrameType::PutPartial,
+            Request::GetPartial { .. } => FrameType::GetPartial,
             Request::Shutdown => FrameType::Shutdown,
             Request::PutFd { .. } => FrameType::PutFd,
             Request::GetFd { .. } => FrameType::GetFd,
@@ -112,7 +128,9 @@ impl Request {
             | Request::PutFd { path, .. }
             | Request::GetFd { path }
             | Request::TreeIn { path, .. }
-            | Request::TreeOut { path, .. } => show(path).into_owned(),
+            | Request::TreeOut { path, .. }
+            | Request::PutPartial { path, .. }
+            | Request::GetPartial { path, .. } => show(path).into_owned(),
             Request::Rename { from, to } => format!("{} to {}", show(from), show(to)),
             Request::Shutdown => String::new(),
         }
@@ -341,6 +359,13 @@ impl<'fd, 'o> Session<'fd, 'o> {
             Request::TreeOut { flags, chunk, path } => {
                 self.tree_out(serial, flags, chunk as usize, &path)
             }
+            Request::PutPartial { mode, path } => self.put_partial(serial, mode, &path),
+            Request::GetPartial {
+                chunk,
+                offset,
+                checksum,
+                path,
+            } => self.get_partial(serial, chunk as usize, offset, checksum, &path),
             Request::Shutdown => {
                 if self.opts.fault.ignore_shutdown {
                     return Ok(());
@@ -872,6 +897,21 @@ impl<'fd, 'o> Session<'fd, 'o> {
             Frame::Tree(TreeFrame::Out { flags, chunk, path }) => req(Request::TreeOut {
                 flags,
                 chunk,
+                path: path.to_vec(),
+            }),
+            Frame::Resume(ResumeFrame::Put { mode, path, .. }) => req(Request::PutPartial {
+                mode,
+                path: path.to_vec(),
+            }),
+            Frame::Resume(ResumeFrame::Get {
+                chunk,
+                offset,
+                checksum,
+                path,
+            }) => req(Request::GetPartial {
+                chunk,
+                offset,
+                checksum,
                 path: path.to_vec(),
             }),
             Frame::Tree(_) | Frame::Resume(_) => Some(Incoming::Ext {
