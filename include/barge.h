@@ -114,6 +114,31 @@ struct barge_dirent {
 };
 
 /**
+ * One entry that failed in a keep-going tree copy, from
+ * `barge_get_tree_errors`.
+ */
+struct barge_path_error {
+    /**
+     * The entry's path, NUL-terminated (not UTF-8 in general): local for
+     * a failure on this side, remote (as the helper sees it beneath the
+     * root) for one on the helper's side. Owned by the array.
+     */
+    char *path;
+    /**
+     * The length of `path` in bytes.
+     */
+    size_t path_len;
+    /**
+     * The errno of the failure.
+     */
+    int err;
+    /**
+     * What failed, naming the path; NUL-terminated. Owned by the array.
+     */
+    char *message;
+};
+
+/**
  * One event, passed to a callback. Valid only during the callback: copy
  * what you need to keep.
  */
@@ -394,6 +419,79 @@ int barge_list(struct barge_h *h,
  * NULL is allowed and does nothing.
  */
 void barge_free_dirents(struct barge_dirent *entries, size_t count);
+
+/**
+ * Copy the local file or directory `local_path` into the remote directory
+ * `remote_dir`, recursively, as `remote_dir/NAME` (NAME: the last
+ * component of `local_path`), like `cp -r local_path remote_dir/`.
+ * Regular files, directories and symlinks are copied (symlinks as links,
+ * never followed); special files are skipped, each with a LOG event.
+ * Mode and mtime are kept unless `barge_set_preserve_metadata(h, 0)`.
+ * Every entry is streamed in one request. PROGRESS events cover the
+ * whole tree: `done`/`total` are bytes, `files_done`/`files_total` files.
+ * Each file appears only when complete. A cancel returns -1 with
+ * ECANCELED: files already copied stay, the file in flight is removed.
+ * On an error the copy stops and reports it (the path in the message),
+ * unless `barge_set_keep_going(h, 1)`: then it copies the rest and
+ * returns -1 with the first failure's errno, and
+ * `barge_get_tree_errors` lists every failed path.
+ */
+int barge_copy_in(struct barge_h *h,
+                  const char *local_path,
+                  const char *remote_dir);
+
+/**
+ * Copy the remote file or directory `remote_path` into the local
+ * directory `local_dir`, recursively, as `local_dir/NAME`. The
+ * counterpart of `barge_copy_in`, with the same rules; special files are
+ * skipped by the helper, which logs each (a LOG event).
+ */
+int barge_copy_out(struct barge_h *h,
+                   const char *remote_path,
+                   const char *local_dir);
+
+/**
+ * Whether tree copies give entries the source's mode and mtime (1, the
+ * default) or not (0: permission bits less the writer's umask, and the
+ * time of the copy, as `cp -r` does).
+ */
+int barge_set_preserve_metadata(struct barge_h *h, int enable);
+
+/**
+ * Whether a tree copy goes on after an entry fails (1) and reports every
+ * failure at the end through `barge_get_tree_errors`, or stops at the
+ * first (0, the default).
+ */
+int barge_set_keep_going(struct barge_h *h, int enable);
+
+/**
+ * Keep the data of an interrupted `barge_upload` or `barge_download` for
+ * a later attempt (1), or leave nothing partial (0, the default). When on,
+ * a cancelled or failed transfer keeps what it moved in
+ * `.NAME.barge-partial` in the destination directory, never under NAME;
+ * the next transfer to the same destination continues after it once the
+ * helper has verified it against the source's prefix with a checksum,
+ * and starts over when they differ. PROGRESS then counts the bytes this
+ * call moves. Applies to path transfers of regular files only.
+ */
+int barge_set_keep_partial(struct barge_h *h, int enable);
+
+/**
+ * The entries that failed in the last `barge_copy_in` or `barge_copy_out`
+ * on this handle (in keep-going mode; none when it succeeded or stopped
+ * at an error). On success, `*errors` is an array of `*count` entries the
+ * caller owns and frees with `barge_free_path_errors(*errors, *count)`;
+ * no failures give `*errors == NULL, *count == 0`.
+ */
+int barge_get_tree_errors(struct barge_h *h,
+                          struct barge_path_error **errors,
+                          size_t *count);
+
+/**
+ * Free an array from `barge_get_tree_errors`, with the count it gave.
+ * NULL does nothing.
+ */
+void barge_free_path_errors(struct barge_path_error *errors, size_t count);
 
 /**
  * Register `cb` for the event kinds in `events` (BARGE_EVENT_* bits

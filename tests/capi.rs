@@ -221,6 +221,7 @@ capi_tests! {
     shutdown => "test-shutdown";
     null => "test-null";
     events => "test-events";
+    tree => "test-tree";
 }
 
 /// The functions the header declares.

@@ -35,6 +35,9 @@ pub struct barge_h {
     owner: AtomicI32,
     /// The callback that keeps `helper_pid`; not removable by the caller.
     pub(crate) pid_callback: CallbackId,
+    /// The failed entries of the last keep-going tree copy, for
+    /// `barge_get_tree_errors`.
+    pub(crate) tree_errors: Mutex<Vec<crate::PathError>>,
 }
 
 /// A locked handle. Dropping it refreshes the pid and releases the owner.
@@ -145,6 +148,7 @@ pub extern "C" fn barge_create() -> *mut barge_h {
             helper_pid,
             owner: AtomicI32::new(0),
             pid_callback,
+            tree_errors: Mutex::new(Vec::new()),
         })))
     })
 }

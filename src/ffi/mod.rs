@@ -17,6 +17,8 @@
 //! - `handle`: `barge_h`, its settings, launch/shutdown/kill, cancel, version.
 //! - `ops`: transfers and remote file operations, listing.
 //! - `events`: `struct barge_event` and event callbacks.
+//! - `tree`: `barge_copy_in`, `barge_copy_out`, their settings and errors,
+//!   and `barge_set_keep_partial`.
 
 // C names: barge_h, struct barge_stat, barge_event_callback.
 #![allow(non_camel_case_types)]
@@ -29,6 +31,8 @@
 pub mod handle;
 
 pub mod ops;
+
+pub mod tree;
 
 pub mod events;
 
