@@ -111,13 +111,23 @@ fn each_command_has_accurate_help() {
     let usage = [
         (
             "put",
-            "Usage: barge put <LOCAL> <REMOTE>",
-            &["- for standard input"][..],
+            "Usage: barge put [OPTIONS] <LOCAL> <REMOTE>",
+            &[
+                "- for standard input",
+                "-r, --recursive",
+                "--resume",
+                "--keep-going",
+            ][..],
         ),
         (
             "get",
-            "Usage: barge get <REMOTE> <LOCAL>",
-            &["- for standard output"][..],
+            "Usage: barge get [OPTIONS] <REMOTE> <LOCAL>",
+            &[
+                "- for standard output",
+                "-r, --recursive",
+                "--resume",
+                "--no-preserve",
+            ][..],
         ),
         (
             "ls",

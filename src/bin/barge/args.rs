@@ -76,18 +76,25 @@ pub enum Command {
 pub enum Op {
     /// Upload LOCAL to REMOTE; REMOTE appears only when complete
     Put {
-        /// A local file, FIFO or device, or - for standard input
+        #[command(flatten)]
+        opts: TransferOpts,
+        /// A local file, FIFO or device, or - for standard input; with -r,
+        /// a file or directory
         local: PathBuf,
-        /// The remote file to create or replace, or a directory to put it in
+        /// The remote file to create or replace, or a directory to put it
+        /// in; with -r, the remote directory to copy LOCAL into
         remote: PathBuf,
     },
 
     /// Download REMOTE to LOCAL; LOCAL appears only when complete
     Get {
-        /// The remote file
+        #[command(flatten)]
+        opts: TransferOpts,
+        /// The remote file; with -r, a file or directory
         remote: PathBuf,
         /// The local file to create or replace, a directory to put it in,
-        /// or - for standard output
+        /// or - for standard output; with -r, the local directory to copy
+        /// REMOTE into
         local: PathBuf,
     },
 
@@ -129,6 +136,30 @@ pub enum Op {
         /// Its new remote path
         to: PathBuf,
     },
+}
+
+/// Options of `put` and `get`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransferOpts {
+    /// Copy a directory recursively, as DEST/NAME: files, directories and
+    /// symlinks (as links); special files are skipped
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+
+    /// With -r: copy the rest of the tree when an entry fails, and list
+    /// every failure at the end
+    #[arg(long, requires = "recursive")]
+    pub keep_going: bool,
+
+    /// With -r: do not keep modes and modification times
+    #[arg(long, requires = "recursive")]
+    pub no_preserve: bool,
+
+    /// Keep the data of an interrupted transfer (hidden, as
+    /// .NAME.barge-partial next to the destination) and continue it next
+    /// time, after checking it against the source
+    #[arg(long, conflicts_with = "recursive")]
+    pub resume: bool,
 }
 
 /// One line typed at the shell's prompt. `help` and `help COMMAND` come

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use barge::{strerror, DirEntry, Error, Handle, RemoteStat};
 
-use crate::args::Op;
+use crate::args::{Op, TransferOpts};
 use crate::ui::Ui;
 
 /// Why a command did not succeed.
@@ -36,8 +36,30 @@ pub enum Mode {
 
 pub fn run(h: &mut Handle, op: &Op, ui: &Ui, mode: Mode) -> Result<(), Failure> {
     match op {
-        Op::Put { local, remote } => put(h, local, remote, ui, mode),
-        Op::Get { remote, local } => get(h, remote, local, ui),
+        Op::Put {
+            opts,
+            local,
+            remote,
+        } => {
+            configure(h, opts);
+            if opts.recursive {
+                tree(h, local, remote, ui, true)
+            } else {
+                put(h, local, remote, ui, mode)
+            }
+        }
+        Op::Get {
+            opts,
+            remote,
+            local,
+        } => {
+            configure(h, opts);
+            if opts.recursive {
+                tree(h, remote, local, ui, false)
+            } else {
+                get(h, remote, local, ui)
+            }
+        }
         Op::Ls { long, path } => {
             let mut entries = h.list(path)?;
             entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
@@ -74,6 +96,37 @@ fn label(p: &Path) -> String {
         .unwrap_or(p.as_os_str())
         .to_string_lossy()
         .into_owned()
+}
+
+/// Every command sets what it uses, so settings never leak from one
+/// shell command into the next.
+fn configure(h: &mut Handle, opts: &TransferOpts) {
+    h.set_keep_partial(opts.resume);
+    h.set_keep_going(opts.keep_going);
+    h.set_preserve_metadata(!opts.no_preserve);
+}
+
+/// `put -r` (`upload`) or `get -r`: copy `from` into the directory `into`.
+/// With --keep-going, each failed entry gets a line before the summary.
+fn tree(h: &mut Handle, from: &Path, into: &Path, ui: &Ui, upload: bool) -> Result<(), Failure> {
+    if is_dash(from) || is_dash(into) {
+        return Err(Failure::Usage(
+            "-r copies files and directories, not -".into(),
+        ));
+    }
+    ui.begin(label(from), true);
+    let r = if upload {
+        h.copy_in(from, into)
+    } else {
+        h.copy_out(from, into)
+    };
+    ui.end(r.is_ok());
+    if let Err(Error::Incomplete { errors }) = &r {
+        for e in errors {
+            ui.note(&e.message);
+        }
+    }
+    Ok(r?)
 }
 
 fn put(h: &mut Handle, local: &Path, remote: &Path, ui: &Ui, mode: Mode) -> Result<(), Failure> {

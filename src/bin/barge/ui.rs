@@ -37,8 +37,15 @@ impl Ui {
         if self.bars {
             let ui = self.clone();
             h.add_event_callback(EventMask::PROGRESS, move |ev| {
-                if let Event::Progress { done, total } = ev {
-                    ui.progress(*done, *total);
+                match *ev {
+                    Event::Progress { done, total } => ui.progress(done, total),
+                    // A tree's bar counts the bytes of the whole tree.
+                    Event::TreeProgress {
+                        bytes_done,
+                        bytes_total,
+                        ..
+                    } => ui.progress(bytes_done, Some(bytes_total)),
+                    _ => {}
                 }
             });
         }
