@@ -399,3 +399,64 @@ fn the_helper_exits_when_its_client_goes_away_even_when_stuck() {
     assert!(!alive(pid as u32));
     assert_eq!(tree(dir.path()), Vec::<String>::new());
 }
+
+/// The signal mask and ignored set of `pid`, from /proc.
+fn blocked_and_ignored(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+#[test]
+fn the_helper_starts_with_no_blocked_or_ignored_signals() {
+    // A caller whose thread blocks SIGINT and SIGTERM and whose process
+    // ignores SIGTERM: a helper that inherited either would sit out the
+    // SIGTERM of a shutdown until the SIGKILL.
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    // SAFETY: sets a disposition to SIG_IGN; no handler code runs.
+    let old_term = unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    let (status, masks) = std::thread::spawn(move || {
+        // SAFETY: an all-zero sigset_t is valid input for sigemptyset,
+        // and every set is a live local.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let mut h = handle_with_fault("ignore-shutdown", None);
+        h.set_shutdown_timeout(Duration::from_millis(100));
+        let status = Arc::new(Mutex::new(None));
+        let s = status.clone();
+        h.add_event_callback(EventMask::SHUTDOWN, move |ev| {
+            if let Event::Shutdown { status, .. } = ev {
+                *s.lock().unwrap() = *status;
+            }
+        });
+        h.launch().unwrap();
+        let masks = blocked_and_ignored(h.helper_pid().unwrap());
+        let _ = h.shutdown();
+        let status = *status.lock().unwrap();
+        (status, masks)
+    })
+    .join()
+    .unwrap();
+    // SAFETY: restores the disposition saved above.
+    unsafe { libc::signal(libc::SIGTERM, old_term) };
+    let (blocked, ignored) = masks;
+    assert_eq!(blocked, 0, "the helper started with signals blocked");
+    assert_eq!(
+        ignored & (bit(libc::SIGTERM) | bit(libc::SIGINT)),
+        0,
+        "the helper started ignoring SIGTERM or SIGINT: {ignored:#x}"
+    );
+    assert_eq!(
+        status,
+        Some(ExitStatus::Signaled(libc::SIGTERM)),
+        "SIGTERM did not stop the helper"
+    );
+}

@@ -121,6 +121,32 @@ pub fn spawn(argv: &[OsString], own_group: bool) -> io::Result<Spawned> {
     if own_group {
         cmd.process_group(0);
     }
+    // The helper starts with every signal unblocked and at its default
+    // action, whatever the calling thread blocks or the process ignores:
+    // a helper that inherited a blocked or ignored SIGTERM would sit out
+    // the SIGTERM of a shutdown until the SIGKILL. Only a caller that does
+    // block or ignore something pays for the reset: a `pre_exec` makes std
+    // fork instead of using posix_spawn.
+    if let Some(last_signal) = inherited_signal_state() {
+        // SAFETY: the closure runs between fork and exec and makes only
+        // async-signal-safe calls (sigaction, sigprocmask) on local data.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                for sig in 1..=last_signal {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        // Fails harmlessly for the C library's own signals.
+                        libc::sigaction(sig, &default, std::ptr::null_mut());
+                    }
+                }
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    }
     let mut child = cmd.spawn()?;
     // The Command still holds the child's ends of the channel; close them
     // now so EOF reaches us when the helper exits.
@@ -153,6 +179,33 @@ pub fn spawn(argv: &[OsString], own_group: bool) -> io::Result<Spawned> {
         channel: ours,
         stderr,
     })
+}
+
+/// `Some(highest signal number)` when the calling thread blocks a signal
+/// or the process ignores one that a child would inherit; `None` when a
+/// child starts clean anyway. SIGPIPE is left out: std resets it in the
+/// child, and the helper never raises it.
+fn inherited_signal_state() -> Option<i32> {
+    let last_signal = libc::SIGRTMAX();
+    // SAFETY: all-zero sigset_t and sigaction are valid out-parameters;
+    // both calls only fill them.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+        for sig in 1..=last_signal {
+            if libc::sigismember(&mask, sig) == 1 {
+                return Some(last_signal);
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            if sig != libc::SIGPIPE
+                && libc::sigaction(sig, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction == libc::SIG_IGN
+            {
+                return Some(last_signal);
+            }
+        }
+    }
+    None
 }
 
 fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
