@@ -65,10 +65,10 @@ The helper itself runs in its own process group (``pgroup=True``), so a
 terminal's ^C reaches only this program, never the helper.
 """
 
-from ._errors import AbnormalShutdown, Cancelled, Error
+from ._errors import AbnormalShutdown, Cancelled, Error, TreeError
 from ._handle import EventCallback, Handle, ProgressCallback
 from ._lib import LibraryNotFoundError
-from ._types import DirEntry, Event, EventKind, PathArg, Stat
+from ._types import DirEntry, Event, EventKind, PathArg, PathError, Stat
 
 __version__ = "0.1.0"
 
@@ -100,8 +100,10 @@ __all__ = [
     "Handle",
     "LibraryNotFoundError",
     "PathArg",
+    "PathError",
     "ProgressCallback",
     "Stat",
+    "TreeError",
     "library_path",
     "library_version",
 ]

@@ -37,6 +37,23 @@ class Cancelled(Error):
     upload or download left nothing partial behind."""
 
 
+class TreeError(Error):
+    """A tree copy with ``keep_going=True`` copied what it could, but some
+    entries failed. ``errno`` and ``message`` are the first failure's.
+
+    Attributes:
+        errors: every failed entry, in the order met, as
+            :class:`barge.PathError` values (path, errno, message).
+    """
+
+    def __init__(self, errno: int, message: str, errors: "list[object]") -> None:
+        super().__init__(errno, message)
+        self.errors = errors
+
+    def __reduce__(self) -> "tuple[type, tuple[int, str, list[object]]]":  # type: ignore[override]
+        return (type(self), (self.errno, self.message, self.errors))
+
+
 class AbnormalShutdown(Error):
     """:meth:`barge.Handle.shutdown` could not stop the helper gracefully
     (errno ``EIO``): it was stopped with SIGTERM or SIGKILL instead. The

@@ -15,13 +15,14 @@ from ctypes import POINTER, byref, c_char_p, c_size_t, string_at
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from ._errors import Error, error_from
+from ._errors import Cancelled, Error, TreeError, error_from
 from ._interrupt import Worker, call_interruptibly, in_main_thread, wait_uninterrupted
 from ._types import (
     DirEntry,
     Event,
     EventSpec,
     PathArg,
+    PathError,
     Stat,
     event_mask,
     fspath_bytes,
@@ -211,6 +212,7 @@ class Handle:
         cancel_timeout: Optional[float] = None,
         launch_timeout: Optional[float] = None,
         progress_interval: Optional[float] = None,
+        keep_partial: bool = False,
     ) -> None:
         self._ptr: Optional[int] = None
         self._cond = threading.Condition(threading.RLock())
@@ -219,6 +221,7 @@ class Handle:
         self._tls = threading.local()
         self._handlers: Tuple[Tuple[int, int, EventCallback], ...] = ()
         self._next_handler_id = 0
+        self._keep_partial = bool(keep_partial)
         self._lib = lib = _lib.load()
 
         helper_argv: Optional[List[bytes]] = None
@@ -256,6 +259,7 @@ class Handle:
             if root_b is not None:
                 self._check(lib.barge_set_root(ptr, root_b))
             self._check(lib.barge_set_pgroup(ptr, 1 if pgroup else 0))
+            self._check(lib.barge_set_keep_partial(ptr, 1 if keep_partial else 0))
             for setter, scaled in values:
                 self._check(setter(ptr, scaled))
             # One C callback for every event, kept alive as long as the
@@ -555,6 +559,124 @@ class Handle:
         remote_b = fspath_bytes(remote, "remote path")
         local_b = fspath_bytes(local, "local path")
         self._run(lambda p: self._lib.barge_download(p, remote_b, local_b), progress=progress)
+
+    @property
+    def keep_partial(self) -> bool:
+        """Whether an interrupted :meth:`upload` or :meth:`download` keeps
+        its data for a later attempt (default False).
+
+        When True, a cancelled or failed transfer leaves what it moved in
+        ``.NAME.barge-partial`` in the destination directory (never under
+        NAME), and the next transfer to the same destination continues
+        after it once the helper has verified it against the source's
+        prefix with a checksum; it starts over when they differ. Progress
+        then counts the bytes this call moves. Regular files only; when
+        False, nothing partial is ever left.
+        """
+        return self._keep_partial
+
+    @keep_partial.setter
+    def keep_partial(self, enable: bool) -> None:
+        value = 1 if enable else 0
+        self._run(lambda p: self._lib.barge_set_keep_partial(p, value), cancellable=False)
+        self._keep_partial = bool(enable)
+
+    def copy_in(
+        self,
+        local: PathArg,
+        remote_dir: PathArg,
+        *,
+        keep_going: bool = False,
+        preserve: bool = True,
+        progress: Optional[ProgressCallback] = None,
+    ) -> None:
+        """Copy the local file or directory ``local`` into the remote
+        directory ``remote_dir``, recursively, as ``remote_dir/NAME``
+        (like ``cp -r local remote_dir/``).
+
+        Files, directories and symlinks are copied (symlinks as links,
+        never followed); special files are skipped, each with a LOG event.
+        Every entry is streamed in one request. Each file appears only
+        when complete: after a cancel, the files already copied stay and
+        nothing partial is left.
+
+        Args:
+            keep_going: copy the rest when an entry fails, then raise
+                :class:`TreeError` listing every failure; otherwise the
+                first failure raises at once.
+            preserve: keep modes and modification times.
+            progress: called as ``progress(done, total)`` with the bytes of
+                the whole tree (events carry file counts too).
+
+        Raises:
+            Cancelled, TreeError, Error.
+        """
+        self._copy_tree("barge_copy_in", local, remote_dir, keep_going, preserve, progress)
+
+    def copy_out(
+        self,
+        remote: PathArg,
+        local_dir: PathArg,
+        *,
+        keep_going: bool = False,
+        preserve: bool = True,
+        progress: Optional[ProgressCallback] = None,
+    ) -> None:
+        """Copy the remote file or directory ``remote`` into the local
+        directory ``local_dir``, recursively, as ``local_dir/NAME``. The
+        counterpart of :meth:`copy_in`, with the same arguments and rules."""
+        self._copy_tree("barge_copy_out", remote, local_dir, keep_going, preserve, progress)
+
+    def _copy_tree(
+        self,
+        func: str,
+        src: PathArg,
+        dst: PathArg,
+        keep_going: bool,
+        preserve: bool,
+        progress: Optional[ProgressCallback],
+    ) -> None:
+        src_b = fspath_bytes(src, "source path")
+        dst_b = fspath_bytes(dst, "destination directory")
+        lib = self._lib
+        copy = getattr(lib, func)
+        kg = 1 if keep_going else 0
+        pr = 1 if preserve else 0
+
+        def call(p: int) -> int:
+            if lib.barge_set_keep_going(p, kg) < 0 or lib.barge_set_preserve_metadata(p, pr) < 0:
+                return -1
+            result: int = copy(p, src_b, dst_b)
+            return result
+
+        try:
+            self._run(call, progress=progress)
+        except Cancelled:
+            raise
+        except Error as e:
+            errors = self._tree_errors() if keep_going else []
+            if errors:
+                raise TreeError(e.errno, e.message, errors) from None
+            raise
+
+    def _tree_errors(self) -> List[PathError]:
+        """The failed entries of the last tree copy."""
+        arr = POINTER(_lib.PathErrorStruct)()
+        count = c_size_t(0)
+        with self._in_use() as ptr:
+            if self._lib.barge_get_tree_errors(ptr, byref(arr), byref(count)) < 0:
+                return []
+        try:
+            return [
+                PathError(
+                    os.fsdecode(string_at(arr[i].path, arr[i].path_len)),
+                    arr[i].err,
+                    (arr[i].message or b"").decode("utf-8", "replace"),
+                )
+                for i in range(count.value)
+            ]
+        finally:
+            self._lib.barge_free_path_errors(arr, count.value)
 
     def upload_file(self, fileobj: Any, remote: PathArg, *, progress: Optional[ProgressCallback] = None) -> None:
         """Upload everything readable from the binary file object

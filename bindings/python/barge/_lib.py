@@ -92,6 +92,19 @@ class EventStruct(Structure):
         ("exit_status", c_int),
         ("term_signal", c_int),
         ("graceful", c_int),
+        ("files_done", c_int64),
+        ("files_total", c_int64),
+    ]
+
+
+class PathErrorStruct(Structure):
+    """``struct barge_path_error``: one failed entry of a tree copy."""
+
+    _fields_ = [
+        ("path", c_void_p),
+        ("path_len", c_size_t),
+        ("err", c_int),
+        ("message", c_char_p),
     ]
 
 
@@ -131,6 +144,16 @@ _PROTOTYPES = {
         [c_void_p, c_char_p, POINTER(POINTER(DirentStruct)), POINTER(c_size_t)],
     ),
     "barge_free_dirents": (None, [POINTER(DirentStruct), c_size_t]),
+    "barge_copy_in": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "barge_copy_out": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "barge_set_keep_going": (c_int, [c_void_p, c_int]),
+    "barge_set_preserve_metadata": (c_int, [c_void_p, c_int]),
+    "barge_set_keep_partial": (c_int, [c_void_p, c_int]),
+    "barge_get_tree_errors": (
+        c_int,
+        [c_void_p, POINTER(POINTER(PathErrorStruct)), POINTER(c_size_t)],
+    ),
+    "barge_free_path_errors": (None, [POINTER(PathErrorStruct), c_size_t]),
     "barge_set_event_callback": (c_int, [c_void_p, EVENT_CALLBACK, c_uint64, c_void_p]),
     "barge_delete_event_callback": (c_int, [c_void_p, c_int]),
     "barge_get_error": (c_void_p, []),

@@ -37,6 +37,22 @@ def wants_bytes(path: PathArg) -> bool:
 
 
 @dataclass(frozen=True)
+class PathError:
+    """One failed entry of a tree copy (see :class:`barge.TreeError`).
+
+    Attributes:
+        path: the entry's path, local or remote (as the helper sees it);
+            ``str`` decoded with :func:`os.fsdecode`.
+        errno: the failure's errno.
+        message: what failed, naming the path.
+    """
+
+    path: str
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Stat:
     """Metadata of a remote file, as the helper saw it.
 
@@ -160,6 +176,10 @@ class Event:
             else None.
         term_signal: SHUTDOWN: the signal that killed the helper, else None.
         graceful: SHUTDOWN: whether the helper stopped when asked.
+        files_done: PROGRESS of a tree copy: files done; ``done`` and
+            ``total`` then count the bytes of the whole tree. Otherwise
+            None.
+        files_total: PROGRESS of a tree copy: files in the tree, else None.
     """
 
     kind: EventKind
@@ -170,6 +190,8 @@ class Event:
     exit_status: Optional[int] = None
     term_signal: Optional[int] = None
     graceful: bool = False
+    files_done: Optional[int] = None
+    files_total: Optional[int] = None
 
     @classmethod
     def _from_struct(cls, ev: _lib.EventStruct) -> "Event":
@@ -185,4 +207,6 @@ class Event:
             else None,
             term_signal=ev.term_signal if ev.term_signal > 0 else None,
             graceful=bool(ev.graceful),
+            files_done=ev.files_done if ev.files_done >= 0 else None,
+            files_total=ev.files_total if ev.files_total >= 0 else None,
         )
