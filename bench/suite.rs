@@ -370,28 +370,39 @@ fn alternate(
     Ok(timed)
 }
 
-/// A table of times as ratios to the first row (the limit).
+/// A table of times as ratios to the first row (the limit). Each run is
+/// divided by the limit's run of the same round, so load that changes from
+/// round to round cancels out; the headline is the median of those ratios
+/// and the range their min–max. The plain ratio of medians is shown too.
 fn ratio_table(out: &mut String, timed: &[Timed]) -> Vec<(String, f64)> {
     let base = median(&timed[0].secs);
     let _ = writeln!(
         out,
-        "| command | median s | ratio to `{}` | min–max ratio |",
+        "| command | median s | ratio to `{0}`, median of rounds | min–max | ratio of medians |",
         timed[0].name
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     for t in timed {
         let m = median(&t.secs);
+        let paired: Vec<f64> = t
+            .secs
+            .iter()
+            .zip(&timed[0].secs)
+            .map(|(a, b)| a / b)
+            .collect();
+        let r = median(&paired);
         let _ = writeln!(
             out,
-            "| {} | {:.3} | **{:.2}** | {:.2}–{:.2} |",
+            "| {} | {:.3} | **{:.2}** | {:.2}–{:.2} | {:.2} |",
             t.name.replace('|', "\\|"),
             m,
-            m / base,
-            min(&t.secs) / base,
-            max(&t.secs) / base
+            r,
+            min(&paired),
+            max(&paired),
+            m / base
         );
-        ratios.push((t.name.clone(), m / base));
+        ratios.push((t.name.clone(), r));
     }
     ratios
 }
@@ -559,7 +570,7 @@ fn run(plan: &Plan) -> Result<(), String> {
     let _ = writeln!(doc, "# barge benchmarks\n");
     let _ = writeln!(
         doc,
-        "Written by `bench/run.sh{}` ({}). Every figure is a median wall time over {} counted runs after {} warm-up, with the commands alternating (A B C … A B C …) and every destination removed before each run. Ratios are to the limit (`cp` of the same data) measured in the same run; absolute times on this shared machine move from run to run, so compare ratios, never single times.\n",
+        "Written by `bench/run.sh{}` ({}). Every figure comes from {} counted rounds after {} warm-up round; in each round the commands run one after another (A B C … A B C …), and every destination is removed before each run. Ratios are to the limit (`cp` of the same data) in the same round: each run is divided by that round's `cp`, and the table gives the median and min–max of those ratios, with the ratio of the median times beside them. Absolute times on this shared machine move from run to run, so compare ratios, never single times.\n",
         if plan.quick { " --quick" } else { "" },
         sh("date -u +%Y-%m-%dT%H:%MZ"),
         plan.runs,
@@ -593,6 +604,11 @@ fn run(plan: &Plan) -> Result<(), String> {
     }
     doc.push('\n');
     doc.push_str(&body);
+    // What the figures mean, maintained by hand.
+    let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/notes.md");
+    if let Ok(text) = fs::read_to_string(&notes) {
+        doc.push_str(&text);
+    }
     if let Some(out) = &plan.out {
         fs::write(out, &doc).map_err(|e| format!("{}: {e}", out.display()))?;
         eprintln!("bench: wrote {}", out.display());
