@@ -14,6 +14,7 @@
 //! nothing behind.
 
 use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, Read, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -666,9 +667,102 @@ pub(crate) fn push_frame(out: &mut Vec<u8>, frame: &Frame<'_>, serial: u64) {
 
 // ---- receiving ----
 
+/// A file being written: an anonymous `O_TMPFILE` in its directory, or,
+/// where the file system has no `O_TMPFILE`, an [`AtomicFile`] under a
+/// hidden name.
+enum NewFile {
+    Anonymous(File),
+    Atomic(AtomicFile),
+}
+
+impl NewFile {
+    fn file(&mut self) -> &mut File {
+        match self {
+            NewFile::Anonymous(f) => f,
+            NewFile::Atomic(a) => a.file(),
+        }
+    }
+}
+
+/// Give the anonymous file `file` the name `name` in `dir`: linked
+/// straight to it when the name is free (one system call, and the file
+/// appears whole), else linked under a hidden name and renamed over what
+/// is there.
+fn place_anonymous(file: &File, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match link_anonymous(file, dir, name) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        r => return r,
+    }
+    let mut tries = 0;
+    let hidden = loop {
+        let stem = &name.to_bytes()[..name.to_bytes().len().min(200)];
+        let mut h = vec![b'.'];
+        h.extend_from_slice(stem);
+        h.extend_from_slice(crate::atomic_file::HIDDEN_MARK.as_bytes());
+        h.extend_from_slice(sys::random_suffix().as_bytes());
+        let hidden = cstring(&h)?;
+        match link_anonymous(file, dir, &hidden) {
+            Ok(()) => break hidden,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && tries < 16 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    // SAFETY: both names are NUL-terminated; dir is open.
+    let r = unsafe {
+        libc::renameat(
+            dir.as_raw_fd(),
+            hidden.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: as above; failure leaves nothing more to do.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), hidden.as_ptr(), 0) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `linkat` an anonymous file to `name` in `dir`: by fd (AT_EMPTY_PATH,
+/// which older kernels allow only with CAP_DAC_READ_SEARCH), else through
+/// its `/proc/self/fd` link.
+fn link_anonymous(file: &File, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: c"" and name are NUL-terminated; both fds are open.
+    let r = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)) {
+        return Err(e);
+    }
+    let proc_path = cstring(format!("/proc/self/fd/{}", file.as_raw_fd()).as_bytes())?;
+    // SAFETY: both paths are NUL-terminated; dir is open.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
 /// A file being received as FILE, DATA*, END.
 struct InFlight {
-    file: AtomicFile,
+    file: NewFile,
     rel: Vec<u8>,
     meta: EntryMeta,
     sum: StreamChecksum,
@@ -825,16 +919,30 @@ impl TreeWriter {
         Ok(())
     }
 
-    fn create_file(&mut self, rel: &[u8], meta: &EntryMeta) -> Result<AtomicFile, EntryError> {
+    fn create_file(&mut self, rel: &[u8], meta: &EntryMeta) -> Result<NewFile, EntryError> {
         let mode = self.file_mode(meta.mode);
         let (parent, name) = self.parent(rel)?;
-        // AtomicFile keeps its own fd of the directory.
+        match sys::openat(parent, c".", libc::O_TMPFILE | libc::O_WRONLY, mode) {
+            Ok(fd) => return Ok(NewFile::Anonymous(File::from(fd))),
+            Err(e)
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+                ) =>
+            {
+                return Err(EntryError::io("create", rel, &e))
+            }
+            Err(_) => {}
+        }
+        // No O_TMPFILE here: AtomicFile's hidden-name fallback, which
+        // keeps its own fd of the directory.
         // SAFETY: F_DUPFD_CLOEXEC on an open fd; no pointers.
         let dup = cvt(unsafe { libc::fcntl(parent.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })
             .map_err(|e| EntryError::io("create", rel, &e))?;
         // SAFETY: a new fd owned by nobody else.
         let dir = unsafe { OwnedFd::from_raw_fd(dup) };
         AtomicFile::create(dir, name.as_bytes(), mode)
+            .map(NewFile::Atomic)
             .map_err(|e| EntryError::io("create", rel, &e))
     }
 
@@ -842,7 +950,7 @@ impl TreeWriter {
     /// and its mtime, then put it in place.
     fn commit(
         &mut self,
-        mut file: AtomicFile,
+        mut file: NewFile,
         rel: &[u8],
         meta: &EntryMeta,
     ) -> Result<(), EntryError> {
@@ -859,7 +967,14 @@ impl TreeWriter {
             cvt(unsafe { libc::futimens(fd, times.as_ptr()) })
                 .map_err(|e| EntryError::io("set times of", rel, &e))?;
         }
-        file.commit().map_err(|e| {
+        let placed = match file {
+            NewFile::Atomic(f) => f.commit(),
+            NewFile::Anonymous(f) => {
+                let (parent, name) = self.parent(rel)?;
+                place_anonymous(&f, parent, &name)
+            }
+        };
+        placed.map_err(|e| {
             self.cache.forget();
             EntryError::io("rename into", rel, &e)
         })?;
