@@ -7,8 +7,10 @@ use std::time::Duration;
 /// Result type of barge operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong.
+/// What went wrong. New variants may come in later versions; match with a
+/// wildcard arm, and use [`Error::errno`] for the kind of failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The operation was cancelled through a [`crate::Canceller`] (errno
     /// `ECANCELED`). The handle is usable at once.
