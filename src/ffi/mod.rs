@@ -10,7 +10,7 @@
 //!   `barge_user_cancel` (async-signal-safe), `barge_get_error` and
 //!   `barge_get_errno`. It only catches panics.
 //! - No export takes `&T` or `&mut T`. Pointers arrive raw and are checked
-//!   for NULL by [`handle::handle_ref`] and the `arg_*` helpers before use.
+//!   for NULL by `handle::handle_ref` and the `arg_*` helpers before use.
 //!
 //! Where things live:
 //! - `error`: the thread-local last error, `barge_get_error`, `barge_get_errno`.
