@@ -544,26 +544,42 @@ fn run(plan: &Plan) -> Result<(), String> {
     let mut body = String::new();
     let mut verdicts: Vec<Verdict> = Vec::new();
 
-    if plan.wants("file") {
-        file_groups(plan, &mut body, &mut verdicts)?;
-    }
-    if plan.wants("launch") {
-        launch_group(plan, &mut body, &mut verdicts)?;
-    }
-    if plan.wants("cancel") {
-        cancel_group(plan, &mut body, &mut verdicts)?;
-    }
-    if plan.wants("memory") {
-        memory_group(plan, &mut body, &mut verdicts)?;
-    }
-    if plan.wants("many") {
-        many_group(plan, &mut body, &mut verdicts)?;
-    }
-    if plan.wants("checksum") {
-        checksum_group(plan, &mut body, &mut verdicts)?;
-    }
-    if plan.wants("tree") {
-        tree_group(plan, &mut body, &mut verdicts)?;
+    type Group = fn(&Plan, &mut String, &mut Vec<Verdict>) -> Result<(), String>;
+    let groups: [(&str, Group); 7] = [
+        ("file", file_groups),
+        ("launch", launch_group),
+        ("cancel", cancel_group),
+        ("memory", memory_group),
+        ("many", many_group),
+        ("checksum", checksum_group),
+        ("tree", tree_group),
+    ];
+    // A group that fails is reported in the document and fails the run,
+    // but the other groups still run.
+    let mut failures = Vec::new();
+    for (name, group) in groups {
+        if !plan.wants(name) {
+            continue;
+        }
+        let mut section = String::new();
+        match group(plan, &mut section, &mut verdicts) {
+            Ok(()) => body.push_str(&section),
+            Err(e) => {
+                eprintln!("bench: group {name} failed: {e}");
+                let _ = writeln!(
+                    body,
+                    "## Group `{name}` failed\n\n`{}`\n",
+                    e.replace('`', "'")
+                );
+                verdicts.push(Verdict {
+                    target: "a group of the suite",
+                    bound: format!("`{name}` runs to the end"),
+                    measured: "failed, see its section".into(),
+                    holds: Some(false),
+                });
+                failures.push(format!("{name}: {e}"));
+            }
+        }
     }
 
     let mut doc = String::new();
@@ -615,7 +631,11 @@ fn run(plan: &Plan) -> Result<(), String> {
     } else {
         println!("{doc}");
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("groups failed: {}", failures.join("; ")))
+    }
 }
 
 // ---------------------------------------------------------------- 1 GiB files
