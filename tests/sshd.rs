@@ -503,3 +503,39 @@ fn batch_mode_fails_at_once_instead_of_asking_for_a_password() {
     assert!(lines[0].starts_with("barge: "), "{text}");
     assert!(lines[0].contains("Permission denied"), "{text}");
 }
+
+/// The fast path (fds passed with SCM_RIGHTS) must never be used through
+/// ssh, even when the library is asked to offer it and sshd runs on the
+/// same kernel: the helper's parent is sshd's session, and the WELCOME's
+/// pid is not the pid of the local ssh. The transfer goes as a stream.
+#[test]
+fn the_fast_path_is_never_used_through_ssh() {
+    let sshd = Sshd::start(false);
+    let local = tempdir();
+    let root = tempdir();
+    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 31 >> 7) as u8).collect();
+    std::fs::write(local.path().join("f.bin"), &data).unwrap();
+    let mut h = barge::Handle::new().unwrap();
+    h.set_helper([
+        "ssh".to_string(),
+        "-F".into(),
+        sshd.dir.path().join("ssh_config").display().to_string(),
+        "-T".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-p".into(),
+        sshd.port.to_string(),
+        format!("{}@127.0.0.1", sshd.user),
+        helper_exe().display().to_string(),
+    ])
+    .unwrap();
+    h.set_fast_path(true);
+    h.set_root(Some(root.path())).unwrap();
+    h.upload(local.path().join("f.bin"), "/f.bin").unwrap();
+    assert!(!h.uses_fast_path(), "the fast path was used through ssh");
+    assert_eq!(std::fs::read(root.path().join("f.bin")).unwrap(), data);
+    h.download("/f.bin", local.path().join("back.bin")).unwrap();
+    assert_eq!(std::fs::read(local.path().join("back.bin")).unwrap(), data);
+    h.shutdown().unwrap();
+    assert_no_temp(root.path());
+}
