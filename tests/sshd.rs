@@ -513,7 +513,7 @@ fn the_fast_path_is_never_used_through_ssh() {
     let sshd = Sshd::start(false);
     let local = tempdir();
     let root = tempdir();
-    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 31 >> 7) as u8).collect();
+    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| ((i * 31) >> 7) as u8).collect();
     std::fs::write(local.path().join("f.bin"), &data).unwrap();
     let mut h = barge::Handle::new().unwrap();
     h.set_helper([
