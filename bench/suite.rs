@@ -596,7 +596,7 @@ fn run(plan: &Plan) -> Result<(), String> {
     doc.push_str(&machine(plan));
     let _ = writeln!(
         doc,
-        "- load (1/5/15-minute averages): {} at the start, {} at the end; other engineers were building and testing on the same cores\n- suite took {:.0} s\n",
+        "- load (1/5/15-minute averages): {} at the start, {} at the end (the suite itself keeps up to 2 processes busy; more means other work shared the cores)\n- suite took {:.0} s\n",
         load_before,
         load(),
         started.elapsed().as_secs_f64()
