@@ -49,6 +49,7 @@ int main(void) {
     CHECK(file_equals(scratch("root/dir/sub/a.bin"), data, n),
           "uploaded bytes differ");
 
+
     /* stat */
     struct barge_stat st;
     OK(barge_stat(h, "/dir/sub/a.bin", &st));
@@ -145,6 +146,22 @@ int main(void) {
     /* The next operation starts a new helper. */
     OK(barge_stat(h, "/dir", &st));
     CHECK(barge_helper_pid(h) > 0 && barge_helper_pid(h) != pid, "relaunch");
+
+    /* The fast path: not offered to an explicit helper command by default;
+     * offered, this helper (our own child) takes it; off again, it does
+     * not. The bytes are the same either way. */
+    CHECK(barge_uses_fast_path(h) == 0, "fast path used by default with an explicit helper");
+    OK(barge_set_fast_path(h, 1));
+    OK(barge_shutdown(h));
+    OK(barge_launch(h));
+    CHECK(barge_uses_fast_path(h) == 1, "fast path offered but not used");
+    OK(barge_upload(h, src, "/dir/sub/fast.bin"));
+    CHECK(file_equals(scratch("root/dir/sub/fast.bin"), data, n), "fast-path bytes differ");
+    OK(barge_set_fast_path(h, 0));
+    OK(barge_shutdown(h));
+    OK(barge_launch(h));
+    CHECK(barge_uses_fast_path(h) == 0, "fast path used after barge_set_fast_path(h, 0)");
+    OK(barge_remove(h, "/dir/sub/fast.bin"));
     barge_close(h);
 
     free(back);

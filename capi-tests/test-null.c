@@ -27,6 +27,8 @@ int main(void) {
           "message: %s", last_error());
     FAILS_WITH(EINVAL, barge_set_root(NULL, "/"));
     FAILS_WITH(EINVAL, barge_set_pgroup(NULL, 1));
+    FAILS_WITH(EINVAL, barge_set_fast_path(NULL, 1));
+    FAILS_WITH(EINVAL, barge_uses_fast_path(NULL));
     FAILS_WITH(EINVAL, barge_set_chunk_size(NULL, 65536));
     FAILS_WITH(EINVAL, barge_set_shutdown_timeout_ms(NULL, 1));
     FAILS_WITH(EINVAL, barge_set_kill_timeout_ms(NULL, 1));

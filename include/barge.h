@@ -251,6 +251,23 @@ int barge_set_root(struct barge_h *h, const char *dir);
 int barge_set_pgroup(struct barge_h *h, int enable);
 
 /**
+ * Offer the fast path (nonzero) or not (0): when the helper is this
+ * process's own child on the same kernel, local files are passed to it as
+ * fds and copied in the kernel instead of streamed. Default: offered to
+ * the default helper only, unless `BARGE_FASTPATH=0` is set. It is never
+ * used through ssh, sudo or a container, whatever this says; results and
+ * guarantees are those of the stream path. Takes effect at the next
+ * launch.
+ */
+int barge_set_fast_path(struct barge_h *h, int enable);
+
+/**
+ * 1 when the running helper uses the fast path, 0 when it does not or no
+ * helper runs.
+ */
+int barge_uses_fast_path(struct barge_h *h);
+
+/**
  * Bytes per data frame: 4 KiB to 4 MiB, default 256 KiB. EINVAL outside
  * that range.
  */

@@ -241,6 +241,38 @@ pub unsafe extern "C" fn barge_set_pgroup(h: *mut barge_h, enable: c_int) -> c_i
     })
 }
 
+/// Offer the fast path (nonzero) or not (0): when the helper is this
+/// process's own child on the same kernel, local files are passed to it as
+/// fds and copied in the kernel instead of streamed. Default: offered to
+/// the default helper only, unless `BARGE_FASTPATH=0` is set. It is never
+/// used through ssh, sudo or a container, whatever this says; results and
+/// guarantees are those of the stream path. Takes effect at the next
+/// launch.
+#[no_mangle]
+pub unsafe extern "C" fn barge_set_fast_path(h: *mut barge_h, enable: c_int) -> c_int {
+    boundary("barge_set_fast_path", || {
+        // SAFETY: h per this function's contract.
+        unsafe {
+            with_handle(h, |hd| {
+                hd.set_fast_path(enable != 0);
+                Ok(())
+            })
+        }?;
+        Ok(0)
+    })
+}
+
+/// 1 when the running helper uses the fast path, 0 when it does not or no
+/// helper runs.
+#[no_mangle]
+pub unsafe extern "C" fn barge_uses_fast_path(h: *mut barge_h) -> c_int {
+    boundary("barge_uses_fast_path", || {
+        // SAFETY: h per this function's contract.
+        let uses = unsafe { with_handle(h, |hd| Ok(hd.uses_fast_path())) }?;
+        Ok(c_int::from(uses))
+    })
+}
+
 /// Bytes per data frame: 4 KiB to 4 MiB, default 256 KiB. EINVAL outside
 /// that range.
 #[no_mangle]
