@@ -171,7 +171,23 @@ fn ctrl_c_cancels_puts_upload() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // put installs its ^C handler before barge_upload opens the FIFO: once
+    // the FIFO is open in put, a SIGINT reaches the handler mid-upload.
+    let opened = Instant::now();
+    while !std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|d| {
+            d.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == fifo))
+        })
+        .unwrap_or(false)
+    {
+        assert!(child.try_wait().unwrap().is_none(), "put ended early");
+        assert!(
+            opened.elapsed() < Duration::from_secs(10),
+            "put never opened the FIFO"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert!(child.try_wait().unwrap().is_none(), "put ended early");
 
     let sent = Instant::now();
