@@ -193,6 +193,12 @@ class Handle:
         launch_timeout: seconds the helper may take to start (default 30).
         progress_interval: least seconds between two progress events of a
             transfer (default 0.1; 0 gives one per data frame).
+        keep_partial: keep the data of a cancelled or failed transfer under
+            a hidden name, so the same transfer later resumes from it.
+        fast_path: offer (True) or not (False) the fast path, where the
+            helper, when it is this process's own child on the same kernel,
+            copies local files in the kernel. None: offered to the default
+            helper only. Results and guarantees are the same either way.
 
     Raises:
         Error: barge refused a setting (errno EINVAL) or could not create
@@ -213,6 +219,7 @@ class Handle:
         launch_timeout: Optional[float] = None,
         progress_interval: Optional[float] = None,
         keep_partial: bool = False,
+        fast_path: Optional[bool] = None,
     ) -> None:
         self._ptr: Optional[int] = None
         self._cond = threading.Condition(threading.RLock())
@@ -260,6 +267,8 @@ class Handle:
                 self._check(lib.barge_set_root(ptr, root_b))
             self._check(lib.barge_set_pgroup(ptr, 1 if pgroup else 0))
             self._check(lib.barge_set_keep_partial(ptr, 1 if keep_partial else 0))
+            if fast_path is not None:
+                self._check(lib.barge_set_fast_path(ptr, 1 if fast_path else 0))
             for setter, scaled in values:
                 self._check(setter(ptr, scaled))
             # One C callback for every event, kept alive as long as the
@@ -466,6 +475,21 @@ class Handle:
                 return None
             pid = self._lib.barge_helper_pid(self._ptr)
         return pid if pid >= 0 else None
+
+    @property
+    def uses_fast_path(self) -> bool:
+        """Whether the running helper uses the fast path (local files passed
+        as fds and copied in the kernel). False when no helper runs. Waits
+        for a running operation on the handle."""
+        result: List[int] = []
+
+        def call(p: int) -> int:
+            r = int(self._lib.barge_uses_fast_path(p))
+            result.append(r)
+            return r
+
+        self._run(call, cancellable=False)
+        return result == [1]
 
     def launch(self) -> None:
         """Start the helper now if none runs (operations do it anyway)."""

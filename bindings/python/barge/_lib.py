@@ -118,6 +118,8 @@ _PROTOTYPES = {
     "barge_set_helper": (c_int, [c_void_p, POINTER(c_char_p)]),
     "barge_set_root": (c_int, [c_void_p, c_char_p]),
     "barge_set_pgroup": (c_int, [c_void_p, c_int]),
+    "barge_set_fast_path": (c_int, [c_void_p, c_int]),
+    "barge_uses_fast_path": (c_int, [c_void_p]),
     "barge_set_chunk_size": (c_int, [c_void_p, c_uint32]),
     "barge_set_shutdown_timeout_ms": (c_int, [c_void_p, c_uint32]),
     "barge_set_kill_timeout_ms": (c_int, [c_void_p, c_uint32]),

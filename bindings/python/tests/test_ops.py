@@ -42,6 +42,19 @@ class RoundTrips(support.TempDirs):
         self.assertEqual(self.read(os.path.join(self.local, "down")), data)
         self.assertEqual(self.read(os.path.join(self.root, "from-file")), data)
 
+    def test_fast_path_can_be_offered_and_turned_off(self) -> None:
+        data = os.urandom(3_000_001)
+        src = self.write_local("src", data)
+        for offered in (True, False):
+            with support.handle(self.root, fast_path=offered) as h:
+                self.assertFalse(h.uses_fast_path)  # no helper runs yet
+                h.launch()
+                self.assertEqual(h.uses_fast_path, offered)
+                h.upload(src, "/fp")
+                h.download("/fp", os.path.join(self.local, "fp"))
+            self.assertEqual(self.read(os.path.join(self.root, "fp")), data)
+            self.assertEqual(self.read(os.path.join(self.local, "fp")), data)
+
     def test_upload_replaces_an_existing_file(self) -> None:
         with open(os.path.join(self.root, "f"), "wb") as f:
             f.write(b"old contents")
