@@ -5,6 +5,9 @@
 //! the destination, so the final name holds either the old file or the whole
 //! new one. Where the filesystem lacks `O_TMPFILE`, the data goes to the
 //! hidden name from the start, and dropping an uncommitted file unlinks it.
+//! A process killed before that drop cannot unlink it, so a hidden file is
+//! held with `flock` while in use, and the next hidden file for the same
+//! name removes the ones nobody holds (see [`remove_stale_hidden`]).
 //! Both the helper (uploads) and the client (downloads) use this.
 
 use std::ffi::{CStr, CString};
@@ -48,6 +51,7 @@ impl AtomicFile {
     /// Create the file under a hidden name, for filesystems without
     /// O_TMPFILE.
     pub(crate) fn create_hidden(dir: OwnedFd, name: CString, mode: u32) -> io::Result<AtomicFile> {
+        remove_stale_hidden(dir.as_fd(), &name);
         let mut tries = 0;
         loop {
             let hidden = hidden_name(&name);
@@ -58,13 +62,16 @@ impl AtomicFile {
                 mode,
             ) {
                 Ok(fd) => {
+                    // Held until the fd closes, by drop or by death.
+                    // SAFETY: flock on our own open fd; no pointers.
+                    unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
                     return Ok(AtomicFile {
                         dir,
                         name,
                         file: File::from(fd),
                         hidden: Some(hidden),
                         committed: false,
-                    })
+                    });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && tries < 16 => tries += 1,
                 Err(e) => return Err(e),
@@ -204,6 +211,55 @@ fn hidden_name(name: &CStr) -> CString {
     v.extend_from_slice(&HIDDEN_MARK.as_bytes()[1..]);
     v.extend_from_slice(sys::random_suffix().as_bytes());
     CString::new(v).expect("no NUL: built from a CString and hex digits")
+}
+
+/// How old an unlocked hidden file must be before it counts as stale: a
+/// file is locked right after it is created, so only one younger than
+/// this can be unlocked and alive.
+const STALE_AFTER_SECS: i64 = 2;
+
+/// Remove the hidden temporary files for `name` in `dir` that no live
+/// process holds: left by a process killed mid-transfer. Best effort; a
+/// file that cannot be examined is left alone.
+pub(crate) fn remove_stale_hidden(dir: BorrowedFd<'_>, name: &CStr) {
+    let Ok(listing) = sys::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+        return;
+    };
+    let Ok(names) = crate::treefs::read_names(listing) else {
+        return;
+    };
+    // hidden_name without its random suffix.
+    let pattern = hidden_name(name);
+    let prefix = &pattern.as_bytes()[..pattern.as_bytes().len() - 8];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for entry in names {
+        let bytes = entry.as_bytes();
+        if bytes.len() != prefix.len() + 8
+            || !bytes.starts_with(prefix)
+            || !is_hidden_temp_name(bytes)
+        {
+            continue;
+        }
+        let Ok(fd) = sys::openat(
+            dir,
+            &entry,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        ) else {
+            continue;
+        };
+        let Ok(st) = sys::fstat(fd.as_fd()) else {
+            continue;
+        };
+        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        // SAFETY: flock on our own open fd; no pointers.
+        let unheld = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if regular && unheld && now - st.st_ctime >= STALE_AFTER_SECS {
+            unlink(dir, &entry);
+        }
+    }
 }
 
 /// Whether a directory entry name is one of barge's hidden temporary names.

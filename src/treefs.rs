@@ -19,7 +19,7 @@ use std::io::{self, Read, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::atomic_file::AtomicFile;
-use crate::sys::{self, cvt};
+use crate::sys::{self, cvt, fstat};
 use crate::wire::{
     encode_frame, encode_header, EntryMeta, Frame, FrameType, StreamChecksum, TreeFrame,
 };
@@ -105,14 +105,6 @@ fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is a live, writable stat; fd is open.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
-}
-
 fn meta_of(st: &libc::stat) -> EntryMeta {
     EntryMeta {
         mode: st.st_mode,
@@ -148,7 +140,7 @@ fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
 }
 
 /// The names in an open directory, without `.` and `..`.
-fn read_names(dir: OwnedFd) -> io::Result<Vec<CString>> {
+pub(crate) fn read_names(dir: OwnedFd) -> io::Result<Vec<CString>> {
     let raw = dir.as_raw_fd();
     // fdopendir takes the fd over; keep ours apart so both close cleanly.
     // SAFETY: F_DUPFD_CLOEXEC on an open fd; no pointers.

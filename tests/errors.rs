@@ -247,3 +247,90 @@ fn an_injected_enospc_mid_download_stream_is_reported() {
     assert_eq!(std::fs::read(local.path().join("f")).unwrap(), b"mine");
     assert_no_temp(local.path());
 }
+
+/// The hidden temporary files under `dir` (uploads written without
+/// O_TMPFILE).
+fn hidden_temps(dir: &Path) -> Vec<String> {
+    tree(dir)
+        .into_iter()
+        .filter(|n| barge::atomic_file::is_hidden_temp_name(n.as_bytes()))
+        .collect()
+}
+
+/// Wait until every file in `names` under `dir` has a ctime at least
+/// `age` old: the staleness window of a hidden file nobody holds.
+fn wait_until_older_than(dir: &Path, names: &[String], age: Duration) {
+    use std::os::unix::fs::MetadataExt;
+    for n in names {
+        let ctime = std::fs::metadata(dir.join(n)).unwrap().ctime();
+        let ready = std::time::UNIX_EPOCH + Duration::from_secs(ctime as u64) + age;
+        while std::time::SystemTime::now() < ready {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn without_o_tmpfile_a_killed_helpers_hidden_file_is_removed_by_the_next_upload() {
+    let root = tempdir();
+    let local = tempdir();
+    let data = Rng::new(17).bytes(2 << 20);
+    let src = write_file(&local.path().join("src.bin"), &data);
+    let mut h = handle_with_fault("no-tmpfile,die@1048576", None);
+    h.set_root(Some(root.path())).unwrap();
+    let e = h.upload(&src, "/f.bin").unwrap_err();
+    assert!(matches!(e, Error::HelperDied { .. }), "{e:?}");
+    // The helper died holding its hidden file: nobody could unlink it.
+    let left = hidden_temps(root.path());
+    assert_eq!(left.len(), 1, "{:?}", tree(root.path()));
+
+    // A live upload's hidden file for the same name is held, and survives.
+    let mut busy = handle_with_fault("no-tmpfile,stall@65536", None);
+    busy.set_root(Some(root.path())).unwrap();
+    busy.set_cancel_timeout(Duration::from_millis(200));
+    let (r, w) = pipe();
+    let feeder = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(w);
+        // Ends with EPIPE once the upload is cancelled.
+        let _ = std::io::Write::write_all(&mut f, &vec![1u8; 1 << 20]);
+    });
+    let c = busy.canceller();
+    let stalled = std::thread::spawn(move || {
+        let r = busy.upload_fd(std::os::fd::AsFd::as_fd(&r), "/f.bin");
+        (busy, r)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hidden_temps(root.path()).len() < 2 {
+        assert!(Instant::now() < deadline, "the stalled upload made no file");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let live: Vec<String> = hidden_temps(root.path())
+        .into_iter()
+        .filter(|n| !left.contains(n))
+        .collect();
+    wait_until_older_than(
+        root.path(),
+        &hidden_temps(root.path()),
+        Duration::from_secs(3),
+    );
+
+    h.set_helper(fault_argv("no-tmpfile", None)).unwrap();
+    h.upload(&src, "/f.bin").unwrap();
+    assert_eq!(std::fs::read(root.path().join("f.bin")).unwrap(), data);
+    assert_eq!(
+        hidden_temps(root.path()),
+        live,
+        "the dead helper's file must go, the live one's must stay"
+    );
+
+    // The stalled helper cannot answer the cancel and is killed: its file
+    // is stale now, and the next upload removes it.
+    c.cancel();
+    let (_busy, r) = stalled.join().unwrap();
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    feeder.join().unwrap();
+    wait_until_older_than(root.path(), &live, Duration::from_secs(3));
+    h.upload(&src, "/f.bin").unwrap();
+    assert_eq!(hidden_temps(root.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read(root.path().join("f.bin")).unwrap(), data);
+}

@@ -19,7 +19,7 @@ Environment:
   BARGE_HELPER_FAULT=LIST       test faults, comma-separated: cancel@N,
                                 fail@N:ERRNO, stall@N, die@N, ignore-shutdown,
                                 ignore-sigterm, stall-handshake, refuse-fd,
-                                version=N
+                                no-tmpfile, version=N
   BARGE_HELPER_FAULT_PATH=TEXT  apply transfer faults only to paths
                                 containing TEXT
 ";

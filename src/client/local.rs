@@ -250,11 +250,8 @@ fn reopen_nonblocking(fd: RawFd, write: bool) -> Option<OwnedFd> {
 }
 
 pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is a live, writable stat.
-    sys::cvt(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(st)
+    // SAFETY: callers pass an fd that is open for the call.
+    sys::fstat(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 fn is_fifo(st: &libc::stat) -> bool {

@@ -118,11 +118,7 @@ impl Session<'_, '_> {
         let Some(src) = self.passed_file(serial, "PUT_FD", path)? else {
             return Ok(());
         };
-        let created = self
-            .resolver
-            .parent(path)
-            .and_then(|p| Ok(AtomicFile::create(p.dir, p.name.as_bytes(), mode & 0o7777)?));
-        let file = match created {
+        let file = match self.upload_file(path, mode) {
             Ok(f) => f,
             Err(f) => return self.fail(serial, "open", path, f),
         };

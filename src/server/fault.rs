@@ -44,6 +44,9 @@ pub struct Fault {
     /// Grant the fast path but refuse every PUT_FD and GET_FD with
     /// `EOPNOTSUPP`, as a helper that cannot use the passed fd would.
     pub refuse_fd: bool,
+    /// Write uploads as if the filesystem had no O_TMPFILE: under a
+    /// hidden name from the start.
+    pub no_tmpfile: bool,
 }
 
 impl Fault {
@@ -83,6 +86,7 @@ fn parse_item(item: &str, fault: &mut Fault) -> Result<(), String> {
         "ignore-sigterm" => fault.ignore_sigterm = true,
         "stall-handshake" => fault.stall_handshake = true,
         "refuse-fd" => fault.refuse_fd = true,
+        "no-tmpfile" => fault.no_tmpfile = true,
         _ => {
             if let Some(v) = item.strip_prefix("version=") {
                 let v = v.parse().map_err(|_| "the version is not a number")?;

@@ -12,13 +12,7 @@ use crate::wire::StatRecord;
 /// procfs's `f_type`, for telling magic links from ordinary symlinks.
 pub(super) const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
-pub(super) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: st is a writable stat buffer; fstat works on O_PATH fds.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled the buffer.
-    Ok(unsafe { st.assume_init() })
-}
+pub(super) use crate::sys::fstat;
 
 /// `lstat` of `name` in `dir`.
 pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {

@@ -528,11 +528,24 @@ impl<'fd, 'o> Session<'fd, 'o> {
 
     // ---- PUT ----
 
+    /// The uncommitted file an upload to `path` writes.
+    fn upload_file(&self, path: &[u8], mode: u32) -> Result<AtomicFile, Failure> {
+        let p = self.resolver.parent(path)?;
+        let mode = mode & 0o7777;
+        let file = if self.opts.fault.no_tmpfile {
+            AtomicFile::create_hidden(
+                p.dir,
+                crate::atomic_file::check_name(p.name.as_bytes())?,
+                mode,
+            )
+        } else {
+            AtomicFile::create(p.dir, p.name.as_bytes(), mode)
+        };
+        Ok(file?)
+    }
+
     fn put(&mut self, serial: u64, mode: u32, path: &[u8]) -> Result<(), ServeEnd> {
-        let created = self
-            .resolver
-            .parent(path)
-            .and_then(|p| Ok(AtomicFile::create(p.dir, p.name.as_bytes(), mode & 0o7777)?));
+        let created = self.upload_file(path, mode);
         let mut file = match created {
             Ok(f) => f,
             Err(f) => {
@@ -550,6 +563,11 @@ impl<'fd, 'o> Session<'fd, 'o> {
             match incoming {
                 Incoming::Data { serial: s, len } if s == serial => {
                     if let Some(f) = fault::due(faults, sum.len()) {
+                        if matches!(f.action, FaultAction::Die | FaultAction::Stall) {
+                            // Like a real death or hang: the file stays as
+                            // it is (fire never returns for these).
+                            self.fire(f);
+                        }
                         drop(file);
                         let (errno, message) = match self.fire(f) {
                             FaultAction::Fail(errno) => (
