@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use crate::client::conn::{Broken, Connection, Incoming};
 use crate::client::events::Progress;
-use crate::client::transfer::OpCtx;
+use crate::client::transfer::{wait_channel, OpCtx};
 use crate::error::Error;
 use crate::wire::{Frame, UNKNOWN_SIZE};
 
@@ -148,15 +148,7 @@ fn run(
                 }
             }
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(conn.fail(Broken::Unresponsive, Error::Cancelled));
         }
     }

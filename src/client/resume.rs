@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use crate::client::conn::{Broken, Connection, Incoming};
 use crate::client::events::Progress;
-use crate::client::transfer::OpCtx;
+use crate::client::transfer::{wait_channel, OpCtx};
 use crate::error::Error;
 use crate::partial::PartialFile;
 use crate::treefs::push_frame;
@@ -263,15 +263,7 @@ pub(crate) fn upload(
         if busy || must_end || (ctx.cancel.is_requested() && deadline.is_none()) {
             continue;
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, local_error));
         }
     }
@@ -449,15 +441,7 @@ pub(crate) fn download(
         {
             continue;
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, local_error));
         }
     }

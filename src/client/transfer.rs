@@ -55,6 +55,26 @@ fn unresponsive(conn: &mut Connection, stopped: Option<Stopped>) -> Error {
     conn.fail(Broken::Unresponsive, err)
 }
 
+/// Wait for the channel alone (no local file): a frame to read, room to
+/// write, the cancel fd until the operation has acted on a cancel (then
+/// `deadline` is set), or `deadline`. `true` when the deadline passed: the
+/// helper did not answer in time.
+pub(crate) fn wait_channel(
+    conn: &mut Connection,
+    ctx: &mut OpCtx<'_>,
+    deadline: Option<Instant>,
+) -> Result<bool, Error> {
+    let ready = conn.wait(
+        ctx.cancel,
+        deadline.is_some(),
+        true,
+        None,
+        deadline,
+        ctx.events,
+    )?;
+    Ok(ready.timed_out)
+}
+
 /// Upload `src` to `remote` with a PUT stream.
 pub(crate) fn put(
     conn: &mut Connection,
@@ -403,15 +423,7 @@ pub(crate) fn list(
                 }
             }
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, Some(Stopped::User)));
         }
     }
@@ -447,15 +459,7 @@ pub(crate) fn simple(
                 }
             }
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, Some(Stopped::User)));
         }
     }

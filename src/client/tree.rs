@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::conn::{Broken, Connection, Incoming};
 use crate::client::events::{Event, EventMask, Events};
-use crate::client::transfer::OpCtx;
+use crate::client::transfer::{wait_channel, OpCtx};
 use crate::error::{Error, PathError};
 use crate::sys;
 use crate::treefs::{self, EntryError, TreeSender, TreeWriter};
@@ -314,15 +314,7 @@ pub(crate) fn copy_in(
         if !terminated && (conn.out.is_empty() || stopped.is_some()) {
             continue;
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, stopped));
         }
     }
@@ -474,15 +466,7 @@ pub(crate) fn copy_out(
         {
             continue;
         }
-        let ready = conn.wait(
-            ctx.cancel,
-            deadline.is_some(),
-            true,
-            None,
-            deadline,
-            ctx.events,
-        )?;
-        if ready.timed_out {
+        if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, stopped));
         }
     }

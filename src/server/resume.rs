@@ -7,12 +7,11 @@
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
 
-use super::{read_retrying, show, Incoming, Session};
+use super::{show, DownloadStream, Incoming, Session};
 use crate::partial::PartialFile;
 use crate::server::{Failure, ServeEnd};
 use crate::wire::{
-    decode_frame, encode_header, Frame, FrameType, Header, ResumeFrame, StreamChecksum, HEADER_LEN,
-    MAX_CHUNK,
+    decode_frame, Frame, FrameType, Header, ResumeFrame, StreamChecksum, HEADER_LEN,
 };
 
 impl Session<'_, '_> {
@@ -216,42 +215,12 @@ impl Session<'_, '_> {
             &Frame::Resume(ResumeFrame::ResumeAt { offset: start }),
             serial,
         )?;
-        let chunk = chunk.min(MAX_CHUNK as usize);
-        loop {
-            if self.stop_requested(serial, "GET_PARTIAL")? {
-                let message = format!("download of {} cancelled by the client", show(path));
-                return self.cancel_download(serial, libc::ECANCELED, message);
-            }
-            let n = match read_retrying(
-                file.as_fd(),
-                &mut self.chunk[HEADER_LEN..HEADER_LEN + chunk],
-            ) {
-                Ok(n) => n,
-                Err(e) => {
-                    let f = Failure::from(e);
-                    let message = format!("read {}: {}", show(path), f.reason);
-                    return self.cancel_download(serial, f.errno, message);
-                }
-            };
-            if n == 0 {
-                self.send(
-                    &Frame::End {
-                        len: sum.len(),
-                        checksum: sum.digest(),
-                    },
-                    serial,
-                )?;
-                return self.send(&Frame::Ok, serial);
-            }
-            sum.update(&self.chunk[HEADER_LEN..HEADER_LEN + n]);
-            self.chunk[..HEADER_LEN].copy_from_slice(&encode_header(
-                FrameType::Data,
-                n as u32,
-                serial,
-            ));
-            if let Err(e) = self.chan.write_all(&[&self.chunk[..HEADER_LEN + n]]) {
-                return Err(self.channel_lost(e));
-            }
-        }
+        let stream = DownloadStream {
+            chunk,
+            polled: false,
+            faults: &[],
+            during: "GET_PARTIAL",
+        };
+        self.stream_download(serial, file.as_fd(), path, sum, stream)
     }
 }

@@ -677,19 +677,38 @@ impl<'fd, 'o> Session<'fd, 'o> {
         )?;
         let opts = self.opts;
         let faults = opts.fault.transfer_faults_for(path);
-        let mut sum = StreamChecksum::new();
-        let chunk = chunk.min(MAX_CHUNK as usize);
         let polled = !fs::is_regular(&st);
+        let stream = DownloadStream {
+            chunk,
+            polled,
+            faults,
+            during: "GET",
+        };
+        self.stream_download(serial, fd.as_fd(), path, StreamChecksum::new(), stream)
+    }
+
+    /// Send `src` from its current offset to its end as DATA frames, then
+    /// END (with `sum`, which may already cover a prefix the client has)
+    /// and OK; or CANCEL and the final ERROR on a STOP, a read error or a
+    /// test fault.
+    pub(super) fn stream_download(
+        &mut self,
+        serial: u64,
+        src: BorrowedFd<'_>,
+        path: &[u8],
+        mut sum: StreamChecksum,
+        stream: DownloadStream<'_>,
+    ) -> Result<(), ServeEnd> {
+        let chunk = stream.chunk.min(MAX_CHUNK as usize);
         loop {
-            if self.stop_requested(serial, "GET")? {
+            if self.stop_requested(serial, stream.during)? {
                 let message = format!("download of {} cancelled by the client", show(path));
                 return self.cancel_download(serial, libc::ECANCELED, message);
             }
-            if polled && !self.source_ready(fd.as_fd())? {
+            if stream.polled && !self.source_ready(src)? {
                 continue;
             }
-            let n = match read_retrying(fd.as_fd(), &mut self.chunk[HEADER_LEN..HEADER_LEN + chunk])
-            {
+            let n = match read_retrying(src, &mut self.chunk[HEADER_LEN..HEADER_LEN + chunk]) {
                 Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
                 Err(e) => {
@@ -708,7 +727,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 )?;
                 return self.send(&Frame::Ok, serial);
             }
-            if let Some(f) = fault::due(faults, sum.len()) {
+            if let Some(f) = fault::due(stream.faults, sum.len()) {
                 let (errno, message) = match self.fire(f) {
                     FaultAction::Fail(errno) => (
                         errno,
@@ -1043,6 +1062,18 @@ fn read_retrying(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 fn trim_trailing_slashes(path: &[u8]) -> &[u8] {
     let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
     &path[..end]
+}
+
+/// How [`Session::stream_download`] reads and reports its source.
+pub(super) struct DownloadStream<'f> {
+    /// Bytes per DATA frame, as the request asked (capped at MAX_CHUNK).
+    pub chunk: usize,
+    /// A FIFO or device: poll it together with the channel before reading.
+    pub polled: bool,
+    /// Test faults that apply to this download.
+    pub faults: &'f [TransferFault],
+    /// The request's name, for protocol errors.
+    pub during: &'static str,
 }
 
 /// A path for messages: bytes that are not UTF-8 shown as U+FFFD.
