@@ -654,13 +654,7 @@ pub fn encode_frame(frame: &Frame<'_>, serial: u64, out: &mut Vec<u8>) -> Result
 
 fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let kind = frame.kind();
-    let path = |out: &mut Vec<u8>, p: &[u8]| -> Result<(), EncodeError> {
-        if p.contains(&0) {
-            return Err(EncodeError::NulInPath { kind });
-        }
-        put_bytes(out, p);
-        Ok(())
-    };
+    let path = |out: &mut Vec<u8>, p: &[u8]| put_path(out, p, kind);
     match *frame {
         Frame::Hello {
             version_min,
@@ -745,6 +739,15 @@ fn encode_payload(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
         Frame::Tree(ref t) => tree::encode(t, out)?,
         Frame::Resume(ref r) => resume::encode(r, out)?,
     }
+    Ok(())
+}
+
+/// A path field: its bytes with their length. A path never holds a NUL.
+fn put_path(out: &mut Vec<u8>, p: &[u8], kind: FrameType) -> Result<(), EncodeError> {
+    if p.contains(&0) {
+        return Err(EncodeError::NulInPath { kind });
+    }
+    put_bytes(out, p);
     Ok(())
 }
 

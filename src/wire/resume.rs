@@ -12,7 +12,7 @@
 //! the helper verifies them against its source and answers SOURCE_INFO,
 //! RESUME_AT and the stream from that offset, END covering the whole file.
 
-use super::{put_bytes, DecodeError, EncodeError, FrameType, Reader};
+use super::{put_path, DecodeError, EncodeError, FrameType, Reader};
 
 /// The handshake feature bit for resumable transfers.
 pub const FEATURE_RESUME: u64 = 0x4;
@@ -96,13 +96,7 @@ pub(super) fn decode<'a>(
 
 pub(super) fn encode(frame: &ResumeFrame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let kind = frame.kind();
-    let path = |out: &mut Vec<u8>, p: &[u8]| -> Result<(), EncodeError> {
-        if p.contains(&0) {
-            return Err(EncodeError::NulInPath { kind });
-        }
-        put_bytes(out, p);
-        Ok(())
-    };
+    let path = |out: &mut Vec<u8>, p: &[u8]| put_path(out, p, kind);
     match *frame {
         ResumeFrame::Put {
             mode,

@@ -11,7 +11,7 @@
 //! Entry paths are relative to the destination directory and made of
 //! plain names: never empty, `.` or `..`, never absolute.
 
-use super::{put_bytes, DecodeError, EncodeError, FrameType, Reader};
+use super::{put_bytes, put_path, DecodeError, EncodeError, FrameType, Reader};
 
 /// The handshake feature bit for directory trees.
 pub const FEATURE_TREES: u64 = 0x2;
@@ -232,13 +232,7 @@ pub(super) fn decode<'a>(
 
 pub(super) fn encode(frame: &TreeFrame<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let kind = frame.kind();
-    let path = |out: &mut Vec<u8>, p: &[u8]| -> Result<(), EncodeError> {
-        if p.contains(&0) {
-            return Err(EncodeError::NulInPath { kind });
-        }
-        put_bytes(out, p);
-        Ok(())
-    };
+    let path = |out: &mut Vec<u8>, p: &[u8]| put_path(out, p, kind);
     match *frame {
         TreeFrame::In { flags, path: p } => {
             out.extend_from_slice(&flags.to_be_bytes());
