@@ -633,7 +633,7 @@ impl TreeSender {
     }
 }
 
-/// The XXH3-64 of `data`, as END and FILE_WHOLE carry it.
+/// The checksum (CRC-64/NVME) of `data`, as END and FILE_WHOLE carry it.
 fn whole_checksum(data: &[u8]) -> u64 {
     let mut sum = StreamChecksum::new();
     sum.update(data);

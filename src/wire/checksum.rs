@@ -1,18 +1,21 @@
-//! The stream checksum carried by END: XXH3-64 with seed 0 over every byte
-//! of the stream, in order.
+//! The stream checksum carried by END: CRC-64/NVME over every byte of the
+//! stream, in order (polynomial 0xad93d23594c93659, reflected, initial
+//! value and final XOR all ones; the check value of "123456789" is
+//! 0xae8b14860a799888).
 //!
-//! The implementation is twox-hash's, which picks AVX2 or SSE2 at run time:
-//! the stream path hashes every byte on both sides, so the checksum's speed
-//! is part of the transfer's.
+//! A CRC detects every burst of up to 64 corrupted bits and, like any
+//! 64-bit check, misses random damage with probability 2^-64. The stream
+//! path computes it over every byte on both sides, so its speed is part of
+//! the transfer's: crc-fast folds with carry-less multiplication (AVX-512
+//! VPCLMULQDQ, PCLMULQDQ or Arm PMULL, picked at run time) at 60+ GiB/s on
+//! one core, about twice XXH3's speed with AVX2.
 
-use std::hash::Hasher as _;
-
-use twox_hash::XxHash3_64;
+use crc_fast::{CrcAlgorithm, Digest};
 
 /// Running checksum and length of one stream.
 #[derive(Clone)]
 pub struct StreamChecksum {
-    hasher: XxHash3_64,
+    crc: Digest,
     len: u64,
 }
 
@@ -25,7 +28,7 @@ impl Default for StreamChecksum {
 impl StreamChecksum {
     pub fn new() -> Self {
         StreamChecksum {
-            hasher: XxHash3_64::new(),
+            crc: Digest::new(CrcAlgorithm::Crc64Nvme),
             len: 0,
         }
     }
@@ -35,7 +38,7 @@ impl StreamChecksum {
         // what the checksum costs; both ends then send and expect the
         // checksum of nothing. Never enabled otherwise.
         #[cfg(not(feature = "bench-skip-checksum"))]
-        self.hasher.write(bytes);
+        self.crc.update(bytes);
         self.len += bytes.len() as u64;
     }
 
@@ -50,7 +53,7 @@ impl StreamChecksum {
 
     /// The checksum of the bytes seen so far.
     pub fn digest(&self) -> u64 {
-        self.hasher.finish()
+        self.crc.finalize()
     }
 
     /// Whether an END's fields match what was seen.

@@ -2,8 +2,8 @@
 //! `docs/PROTOCOL.md`, "Resume", is the specification.
 //!
 //! Upload: PUT_PARTIAL; the helper answers PARTIAL_AT (bytes it kept from
-//! an earlier attempt); the client answers PREFIX_SUM (the XXH3-64 of its
-//! source's first bytes); the helper compares it with its own checksum of
+//! an earlier attempt); the client answers PREFIX_SUM (the checksum of
+//! its source's first bytes); the helper compares it with its own checksum of
 //! the partial data and answers RESUME_AT (the offset the stream starts
 //! at: the partial length, or 0 to start over). Then DATA* (END | CANCEL)
 //! as for PUT, with END covering the whole file.
@@ -29,14 +29,14 @@ pub enum ResumeFrame<'a> {
     },
     /// Bytes of partial data the helper holds for the upload (0 for none).
     PartialAt { len: u64 },
-    /// The client's XXH3-64 of the first `len` bytes of its source. `len`
-    /// is less than PARTIAL_AT's when the source is shorter or cannot be
+    /// The client's checksum (as END's) of the first `len` bytes of its
+    /// source. `len` is less than PARTIAL_AT's when the source is shorter or cannot be
     /// read again from its start; the helper then starts over.
     PrefixSum { len: u64, checksum: u64 },
     /// Where the stream starts: the verified partial length, or 0.
     ResumeAt { offset: u64 },
     /// GET_PARTIAL request: the client holds `offset` bytes of the file
-    /// whose XXH3-64 is `checksum`.
+    /// whose checksum (as END's) is `checksum`.
     Get {
         chunk: u32,
         offset: u64,

@@ -55,14 +55,15 @@ pub enum TreeFrame<'a> {
         target: &'a [u8],
     },
     /// A regular file whose bytes follow as DATA frames, ended by END (the
-    /// file's length and XXH3-64) or SKIP.
+    /// file's length and checksum) or SKIP.
     File {
         meta: EntryMeta,
         /// Size when the walk saw it; informational.
         size: u64,
         path: &'a [u8],
     },
-    /// A whole small regular file in one frame, with the XXH3-64 of `data`.
+    /// A whole small regular file in one frame, with the checksum (as
+    /// END's) of `data`.
     FileWhole {
         meta: EntryMeta,
         checksum: u64,
