@@ -168,6 +168,28 @@ impl AtomicFile {
     }
 }
 
+impl AtomicFile {
+    /// Give up on the file: unlink its hidden name, if it has one, and
+    /// return its fd, whose close frees the data (see `discard`).
+    pub(crate) fn abandon(self) -> OwnedFd {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        if let Some(h) = this.hidden.take() {
+            unlink(this.dir.as_fd(), &h);
+        }
+        // SAFETY: `this` is never dropped, and each field is read out of it
+        // once; `hidden` is None and `committed` is plain data.
+        let (dir, name, file) = unsafe {
+            (
+                std::ptr::read(&this.dir),
+                std::ptr::read(&this.name),
+                std::ptr::read(&this.file),
+            )
+        };
+        drop((dir, name));
+        file.into()
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.committed {

@@ -18,6 +18,7 @@
 pub mod atomic_file;
 pub mod cancel;
 pub mod client;
+mod discard;
 mod error;
 pub mod ffi;
 mod helper_path;

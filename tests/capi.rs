@@ -222,6 +222,7 @@ capi_tests! {
     null => "test-null";
     events => "test-events";
     tree => "test-tree";
+    fork => "test-fork";
 }
 
 /// The functions the header declares.

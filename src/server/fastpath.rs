@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::{show, Session};
 use crate::atomic_file::AtomicFile;
-use crate::server::discard::{self, Discard};
+use crate::discard::{self, Discard};
 use crate::server::fs;
 use crate::server::{Failure, ServeEnd};
 use crate::wire::{Frame, FEATURE_FD_PASSING, HEADER_LEN, MAX_CHUNK, UNKNOWN_SIZE};
@@ -85,11 +85,11 @@ impl Session<'_, '_> {
     }
 
     /// The final ERROR for an upload cut short, then discard its file.
-    /// Closing an anonymous `O_TMPFILE` frees its page cache, which takes
-    /// milliseconds for a large file, and the file can never appear, so
-    /// neither the client's cancel nor its next request waits for it (see
-    /// `discard`). A file under a hidden name is unlinked first, so that
-    /// none is left once the client has the reply.
+    /// Closing it frees its page cache, which takes milliseconds for a
+    /// large file, and the file can never appear, so neither the client's
+    /// cancel nor its next request waits for it (see `discard`). A file
+    /// under a hidden name is unlinked first, so that none is left once the
+    /// client has the reply.
     pub(super) fn reply_then_discard(
         &mut self,
         file: AtomicFile,
@@ -97,12 +97,9 @@ impl Session<'_, '_> {
         errno: i32,
         message: String,
     ) -> Result<(), ServeEnd> {
-        if file.is_hidden_file() {
-            drop(file);
-            return self.reply_error(serial, errno, message);
-        }
+        let fd = file.abandon();
         let sent = self.reply_error(serial, errno, message);
-        discard::later(Discard::File(file));
+        discard::later(Discard::Close(fd), None);
         sent
     }
 
@@ -190,7 +187,7 @@ impl Session<'_, '_> {
         // the pages copied so far takes milliseconds for a large file; the
         // discard thread empties it while we still hold it, so the
         // client's close is cheap and its cancel returns at once.
-        discard::later(Discard::Emptied(dst));
+        discard::later(Discard::Empty(dst), None);
         sent
     }
 

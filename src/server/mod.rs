@@ -14,7 +14,8 @@
 //! - `fs`: the `*at` calls the requests make.
 //! - `fault`: test faults from `BARGE_HELPER_FAULT`.
 //! - `fastpath`: PUT_FD and GET_FD, copies in the kernel (a child of
-//!   `session`); `discard`: uncommitted files closed off the main thread.
+//!   `session`). Uncommitted files are closed off the main thread by
+//!   `crate::discard`.
 
 /// A line on stderr. A failed write is ignored: `eprintln!` would panic,
 /// and a helper whose stderr is gone still has work to finish.
@@ -35,7 +36,6 @@ macro_rules! log_line {
 }
 
 mod channel;
-mod discard;
 mod fault;
 mod fs;
 mod resolve;
