@@ -148,6 +148,8 @@ struct Bench {
     name: String,
     /// The exact shell command, or a description of the library calls.
     shown: String,
+    /// Runs before the timer starts: removes the destination.
+    prepare: Box<dyn FnMut()>,
     run: Box<dyn FnMut() -> Result<(), String>>,
 }
 
@@ -259,14 +261,11 @@ impl Ext {
 }
 
 fn ext_bench(name: &str, cmd: Ext, before: impl FnMut() + 'static) -> Bench {
-    let mut before = before;
     Bench {
         name: name.into(),
         shown: cmd.shown(),
-        run: Box::new(move || {
-            before();
-            cmd.run().map(|_| ())
-        }),
+        prepare: Box::new(before),
+        run: Box::new(move || cmd.run().map(|_| ())),
     }
 }
 
@@ -285,6 +284,10 @@ fn remove(p: &Path) {
 fn remover(p: &Path) -> impl FnMut() + 'static {
     let p = p.to_path_buf();
     move || remove(&p)
+}
+
+fn remover_box(p: &Path) -> Box<dyn FnMut()> {
+    Box::new(remover(p))
 }
 
 /// A handle on the helper built with this suite, with the fast path as
@@ -339,7 +342,10 @@ fn max(v: &[f64]) -> f64 {
 }
 
 /// Run the commands alternately: a warm-up round, then `runs` counted
-/// rounds. `check` runs after every run of every command.
+/// rounds. `check` runs after every run of every command. Before each
+/// run, outside the timing, the destination is removed and the page
+/// cache's dirty data written back (sync), so no run pays for the
+/// writeback of the one before it.
 fn alternate(
     plan: &Plan,
     benches: Vec<Bench>,
@@ -356,6 +362,9 @@ fn alternate(
         .collect();
     for round in 0..plan.warmup + plan.runs {
         for (b, t) in benches.iter_mut().zip(timed.iter_mut()) {
+            (b.prepare)();
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
             let start = Instant::now();
             (b.run)()?;
             let took = start.elapsed().as_secs_f64();
@@ -415,6 +424,74 @@ fn commands_list(out: &mut String, timed: &[Timed]) {
 }
 
 // ---------------------------------------------------------------- files
+
+/// A source file held in the page cache: mapped and locked while this
+/// lives. Without it, memory reclaim running between the runs (DAMON
+/// pageout on the machines barge is measured on) drops cold file pages,
+/// and whichever run comes next reads the source from disk.
+struct Pinned {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Pinned {
+    fn new(path: &Path) -> Result<Pinned, String> {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len() as usize;
+        if len == 0 {
+            return Ok(Pinned {
+                addr: std::ptr::null_mut(),
+                len,
+            });
+        }
+        // SAFETY: a read-only shared mapping of a file we opened; it is
+        // never read through, only locked, and unmapped in drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        let pinned = Pinned { addr, len };
+        // SAFETY: the range is the mapping made above.
+        if unsafe { libc::mlock(addr, len) } != 0 {
+            return Err(format!(
+                "mlock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(pinned)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping made in new(), unmapped once.
+            unsafe { libc::munmap(self.addr, self.len) };
+        }
+    }
+}
+
+/// Make `path` hold `size` pseudo-random bytes (unless it already does),
+/// and hold it in the page cache until the returned guard is dropped.
+fn random_source(path: &Path, size: u64) -> Result<Pinned, String> {
+    make_random_file(path, size)?;
+    Pinned::new(path)
+}
 
 fn make_random_file(path: &Path, size: u64) -> Result<(), String> {
     if fs::metadata(path).map(|m| m.len() == size).unwrap_or(false) {
@@ -586,7 +663,7 @@ fn run(plan: &Plan) -> Result<(), String> {
     let _ = writeln!(doc, "# barge benchmarks\n");
     let _ = writeln!(
         doc,
-        "Written by `bench/run.sh{}` ({}). Every figure comes from {} counted rounds after {} warm-up round; in each round the commands run one after another (A B C … A B C …), and every destination is removed before each run. Ratios are to the limit (`cp` of the same data) in the same round: each run is divided by that round's `cp`, and the table gives the median and min–max of those ratios, with the ratio of the median times beside them. Absolute times on this shared machine move from run to run, so compare ratios, never single times.\n",
+        "Written by `bench/run.sh{}` ({}). Every figure comes from {} counted rounds after {} warm-up round; in each round the commands run one after another (A B C … A B C …), and before each run, outside the timing, its destination is removed and the page cache's dirty data written back (`sync`), so no run pays for the writeback of another. Ratios are to the limit (`cp` of the same data) in the same round: each run is divided by that round's `cp`, and the table gives the median and min–max of those ratios, with the ratio of the median times beside them. Absolute times on this shared machine move from run to run, so compare ratios, never single times.\n",
         if plan.quick { " --quick" } else { "" },
         sh("date -u +%Y-%m-%dT%H:%MZ"),
         plan.runs,
@@ -644,7 +721,7 @@ fn file_groups(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> R
     let d = &plan.dir;
     let src = d.join("src.bin");
     eprintln!("bench: preparing a {} MiB source", plan.file_size / MIB);
-    make_random_file(&src, plan.file_size)?;
+    let _pinned = random_source(&src, plan.file_size)?;
     let (len, sum) = hash_file(&src)?;
     let dst = d.join("dst.bin");
     let s = |p: &Path| p.to_string_lossy().into_owned();
@@ -794,8 +871,8 @@ fn lib_bench(name: &str, src: &Path, dst: &Path, upload: bool, fast: bool) -> Be
             "in-process: Handle::new(){}; h.{verb}(SRC, DST); h.shutdown()",
             if fast { "" } else { "; h.set_fast_path(false)" }
         ),
+        prepare: remover_box(&dst),
         run: Box::new(move || {
-            remove(&dst);
             let mut h = handle()?;
             set_fast(&mut h, fast);
             let r = if upload {
@@ -1002,7 +1079,7 @@ fn cancels(
 fn cancel_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Result<(), String> {
     let d = &plan.dir;
     let src = d.join("cancel-src.bin");
-    make_random_file(&src, plan.cancel_file)?;
+    let _pinned = random_source(&src, plan.cancel_file)?;
     let dst = d.join("cancel-dst.bin");
     let n = plan.cancels_per_direction;
     let _ = writeln!(
@@ -1201,10 +1278,10 @@ fn many_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
     let threads = plan.many_threads;
     let each = plan.many_each;
     let small = d.join("many-src.bin");
-    make_random_file(&small, each)?;
+    let _pinned_small = random_source(&small, each)?;
     let big = d.join("many-big.bin");
     let big_size = each * threads as u64;
-    make_random_file(&big, big_size)?;
+    let _pinned_big = random_source(&big, big_size)?;
     let out = d.join("many-out");
     let fds_before = open_fds();
     let mut rows = Vec::new();
@@ -1367,7 +1444,7 @@ fn checksum_group(
     let unchecked_helper = skip_dir.join("barge-helper");
     let d = &plan.dir;
     let src = d.join("src.bin");
-    make_random_file(&src, plan.file_size)?;
+    let _pinned = random_source(&src, plan.file_size)?;
     let dst = d.join("ck-dst.bin");
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let mut benches = vec![ext_bench(
@@ -1539,6 +1616,7 @@ fn tree_bench(tree: &Path, dst: &Path) -> Bench {
     Bench {
         name: "barge copy_in".into(),
         shown: "in-process: Handle::new(); h.copy_in(TREE, DST); h.shutdown()".into(),
+        prepare: Box::new(|| {}),
         run: Box::new(move || {
             let mut h = handle()?;
             h.copy_in(&tree, &dst)
