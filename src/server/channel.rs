@@ -8,6 +8,11 @@
 //! rather than SIGPIPE even where SIGPIPE is not ignored. Both directions
 //! retry EINTR and wait in `poll` on EAGAIN, since the fds may have been
 //! left non-blocking by ssh, sudo or podman.
+//!
+//! The payload of a download's DATA frame leaves with splice(2) from the
+//! file's page cache, through a pipe, to the output (see
+//! [`Channel::write_data_from_file`]): the bytes are read once into user
+//! space for the checksum, but not copied out of it again.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -32,6 +37,27 @@ pub(super) struct Channel<'fd> {
     /// Unread bytes are `lookahead[start..end]`.
     start: usize,
     end: usize,
+    /// The pipe payloads are spliced through: made at the first download,
+    /// `Some(None)` when that failed.
+    splice_pipe: Option<Option<SplicePipe>>,
+}
+
+/// Both ends of a pipe. It is empty between calls.
+struct SplicePipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl SplicePipe {
+    fn new() -> Option<SplicePipe> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+        // Room for a whole 1 MiB chunk, so one splice in and one out
+        // usually move a payload; the default 64 KiB works, with more
+        // calls, where the limit (/proc/sys/fs/pipe-max-size) is lower.
+        // SAFETY: fcntl on a pipe we own; no pointers.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        Some(SplicePipe { read, write })
+    }
 }
 
 impl<'fd> Channel<'fd> {
@@ -48,6 +74,7 @@ impl<'fd> Channel<'fd> {
             lookahead: Box::new([0; LOOKAHEAD_LEN]),
             start: 0,
             end: 0,
+            splice_pipe: None,
         }
     }
 
@@ -285,6 +312,111 @@ impl<'fd> Channel<'fd> {
     }
 }
 
+impl Channel<'_> {
+    /// Write a DATA frame: `header`, then the payload `data`, which was just
+    /// read from the regular file `src` at `offset` (and checksummed). The
+    /// payload moves from the page cache to the output with splice(2),
+    /// through a pipe, not through `data`. Where splice fails or moves less
+    /// than `data` (the file shrank since it was read), the rest is written
+    /// from `data`. Bytes that changed in the file since they were read make
+    /// the client's checksum fail: the download is refused, never wrong.
+    /// A closed output gives EPIPE: the helper ignores SIGPIPE (Rust's
+    /// runtime does), as for writes to a pipe.
+    pub fn write_data_from_file(
+        &mut self,
+        header: &[u8],
+        src: BorrowedFd<'_>,
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<()> {
+        self.write_all(&[header])?;
+        let mut spliced = 0;
+        if let Some(pipe) = self.splice_pipe.get_or_insert_with(SplicePipe::new) {
+            match splice_out(src, offset, data.len(), pipe, self.output) {
+                Ok(n) => spliced = n,
+                // The output takes no splice (EINVAL): drop the pipe with
+                // the bytes it holds, write them from `data`, and write
+                // every later payload too.
+                Err(Refused(n)) => {
+                    spliced = n;
+                    self.splice_pipe = Some(None);
+                }
+                Err(Failed(e)) => return Err(e),
+            }
+        }
+        self.write_all(&[&data[spliced..]])
+    }
+}
+
+/// Why [`splice_out`] stopped before its end.
+enum SpliceEnd {
+    /// The output cannot be spliced into; this many bytes reached it.
+    Refused(usize),
+    /// Writing to the output failed.
+    Failed(io::Error),
+}
+use SpliceEnd::{Failed, Refused};
+
+/// Splice up to `len` bytes of `src` from `offset` through `pipe` to
+/// `output`, and return how many reached `output`. Stops early, with the
+/// pipe empty, when the file has no more bytes or cannot be spliced.
+fn splice_out(
+    src: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    pipe: &SplicePipe,
+    output: BorrowedFd<'_>,
+) -> Result<usize, SpliceEnd> {
+    let mut sent = 0;
+    while sent < len {
+        let mut off = (offset + sent as u64) as libc::loff_t;
+        let moved = loop {
+            // SAFETY: splice between fds we hold; `off` is a live loff_t.
+            let r = unsafe {
+                libc::splice(
+                    src.as_raw_fd(),
+                    &mut off,
+                    pipe.write.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    len - sent,
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break r;
+            }
+        };
+        if moved <= 0 {
+            return Ok(sent);
+        }
+        let mut left = moved as usize;
+        while left > 0 {
+            // SAFETY: splice between fds we hold; no offsets.
+            let n = retry(output, libc::POLLOUT, || unsafe {
+                libc::splice(
+                    pipe.read.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    output.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    left,
+                    libc::SPLICE_F_MOVE,
+                )
+            });
+            let n = match n {
+                Ok(0) => return Err(Failed(io::ErrorKind::WriteZero.into())),
+                Ok(n) => n,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Err(Refused(sent + moved as usize - left))
+                }
+                Err(e) => return Err(Failed(e)),
+            };
+            left -= n;
+        }
+        sent += moved as usize;
+    }
+    Ok(sent)
+}
+
 /// Run one read or write call until it neither is interrupted nor would
 /// block, waiting for `events` on `fd` when it would.
 fn retry(
@@ -306,5 +438,108 @@ fn retry(
             }
             _ => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    const HEADER: &[u8] = b"0123456789abcdef";
+
+    fn data_file(len: usize) -> (std::fs::File, Vec<u8>) {
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        (f, data)
+    }
+
+    /// Run `send` with a channel whose output is one end of a socketpair,
+    /// and return everything the other end received.
+    fn received(send: impl FnOnce(&mut Channel<'_>) + Send) -> Vec<u8> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).unwrap();
+            got
+        });
+        {
+            let mut chan = Channel::new(ours.as_fd(), ours.as_fd());
+            send(&mut chan);
+        }
+        drop(ours);
+        reader.join().unwrap()
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        [HEADER, payload].concat()
+    }
+
+    #[test]
+    fn a_payload_leaves_from_the_file_not_from_memory() {
+        // The payload in memory differs from the file (as when the file
+        // changed after it was read): what arrives is the file's bytes,
+        // so splice moved them, and a changed file fails the checksum.
+        let (f, data) = data_file(3 << 20);
+        let len = (1 << 20) + 17;
+        let stale = vec![0xAAu8; len];
+        let got = received(|chan| {
+            chan.write_data_from_file(HEADER, f.as_fd(), 1000, &stale)
+                .unwrap();
+        });
+        assert!(got == frame(&data[1000..1000 + len]));
+    }
+
+    #[test]
+    fn bytes_missing_from_a_shrunken_file_are_written_from_the_payload() {
+        // The file holds 100 KiB; the payload read earlier held 300 KiB.
+        let (f, data) = data_file(300 << 10);
+        f.set_len(100 << 10).unwrap();
+        let earlier = vec![0x55u8; 300 << 10];
+        let got = received(|chan| {
+            chan.write_data_from_file(HEADER, f.as_fd(), 0, &earlier)
+                .unwrap()
+        });
+        assert!(got == frame(&[&data[..100 << 10], &earlier[100 << 10..]].concat()));
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_spliced_is_written_from_the_payload() {
+        // A pipe has no offsets: splice refuses it (ESPIPE).
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let data = vec![5u8; 70_000];
+        let got = received(|chan| {
+            chan.write_data_from_file(HEADER, r.as_fd(), 0, &data)
+                .unwrap()
+        });
+        assert!(got == frame(&data));
+    }
+
+    #[test]
+    fn an_output_that_refuses_splice_gets_every_payload_written() {
+        // A file opened for appending refuses splice (EINVAL).
+        let (f, data) = data_file(200 << 10);
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut appending = std::fs::OpenOptions::new()
+            .append(true)
+            .open(out.path())
+            .unwrap();
+        {
+            let mut chan = Channel::new(appending.as_fd(), appending.as_fd());
+            for _ in 0..2 {
+                chan.write_data_from_file(HEADER, f.as_fd(), 0, &data)
+                    .unwrap();
+                assert!(matches!(chan.splice_pipe, Some(None)));
+            }
+        }
+        appending.flush().unwrap();
+        let mut written = Vec::new();
+        let mut back = std::fs::File::open(out.path()).unwrap();
+        back.rewind().unwrap();
+        back.read_to_end(&mut written).unwrap();
+        assert!(written == [frame(&data), frame(&data)].concat());
     }
 }

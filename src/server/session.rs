@@ -700,6 +700,13 @@ impl<'fd, 'o> Session<'fd, 'o> {
         stream: DownloadStream<'_>,
     ) -> Result<(), ServeEnd> {
         let chunk = stream.chunk.min(MAX_CHUNK as usize);
+        // A regular file's payloads are spliced from its page cache (see
+        // Channel::write_data_from_file), at the offset they were read from.
+        let mut splice_at = match stream.polled {
+            true => None,
+            // SAFETY: lseek on an fd we hold; no pointers.
+            false => u64::try_from(unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_CUR) }).ok(),
+        };
         loop {
             if self.stop_requested(serial, stream.during)? {
                 let message = format!("download of {} cancelled by the client", show(path));
@@ -746,7 +753,16 @@ impl<'fd, 'o> Session<'fd, 'o> {
                 n as u32,
                 serial,
             ));
-            if let Err(e) = self.chan.write_all(&[&self.chunk[..HEADER_LEN + n]]) {
+            let (header, payload) = self.chunk[..HEADER_LEN + n].split_at(HEADER_LEN);
+            let sent = match splice_at.as_mut() {
+                Some(offset) => {
+                    let at = *offset;
+                    *offset += n as u64;
+                    self.chan.write_data_from_file(header, src, at, payload)
+                }
+                None => self.chan.write_all(&[header, payload]),
+            };
+            if let Err(e) = sent {
                 return Err(self.channel_lost(e));
             }
         }
