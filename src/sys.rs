@@ -176,3 +176,24 @@ pub fn fstat(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<libc::stat> {
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(st)
 }
+
+/// A pipe that payloads pass through on their way from a file's page
+/// cache to a socket or pipe with splice(2): the pages move by reference,
+/// without a copy through user space.
+pub(crate) struct SplicePipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+}
+
+impl SplicePipe {
+    /// `None` when no pipe can be made; callers then write from memory.
+    pub fn new() -> Option<SplicePipe> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+        // Room for a whole 1 MiB chunk, so one splice in and one out
+        // usually move a payload; the default 64 KiB works, with more
+        // calls, where the limit (/proc/sys/fs/pipe-max-size) is lower.
+        // SAFETY: fcntl on a pipe we own; no pointers.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        Some(SplicePipe { read, write })
+    }
+}

@@ -223,6 +223,7 @@ capi_tests! {
     events => "test-events";
     tree => "test-tree";
     fork => "test-fork";
+    sigpipe => "test-sigpipe";
 }
 
 /// The functions the header declares.

@@ -102,6 +102,13 @@ impl Connection {
         stderr: OwnedFd,
         chunk: u32,
     ) -> Connection {
+        // Every call on the channel is non-blocking already (MSG_DONTWAIT);
+        // splice(2) into it honours only the file's own flag.
+        // SAFETY: fcntl on our own end of the channel; no pointers.
+        unsafe {
+            let flags = libc::fcntl(channel.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(channel.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
         Connection {
             process,
             channel,
@@ -410,6 +417,14 @@ fn is_gone(e: &io::Error) -> bool {
 
 /// Outgoing bytes: queued control frames, then at most one DATA frame
 /// whose payload was read straight into this buffer.
+///
+/// A payload read from a regular file leaves by splice(2) from the file's
+/// page cache (see [`OutBuf::commit_data`]): it was read once, to be
+/// checksummed, and is not copied out of user space again. Where splice
+/// fails or finds fewer bytes (the file shrank), the rest of the payload is
+/// sent from the buffer. Bytes changed in the file between the read and
+/// the splice make the helper's checksum fail: the upload is refused,
+/// never committed wrong.
 pub(crate) struct OutBuf {
     ctrl: Vec<u8>,
     ctrl_pos: usize,
@@ -419,6 +434,14 @@ pub(crate) struct OutBuf {
     data: Box<[u8]>,
     data_pos: usize,
     data_end: usize,
+    /// Where the queued payload is spliced from: a regular file, and the
+    /// offset of the payload's first byte in it.
+    splice_from: Option<(RawFd, u64)>,
+    /// The pipe payloads are spliced through; `Some(None)` when none could
+    /// be made.
+    pipe: Option<Option<crate::sys::SplicePipe>>,
+    /// Payload bytes in the pipe, not yet sent.
+    in_pipe: usize,
 }
 
 impl OutBuf {
@@ -430,6 +453,9 @@ impl OutBuf {
             data: Box::default(),
             data_pos: 0,
             data_end: 0,
+            splice_from: None,
+            pipe: None,
+            in_pipe: 0,
         }
         .with_chunk(chunk)
     }
@@ -463,11 +489,14 @@ impl OutBuf {
     }
 
     /// Turn the first `len` bytes of the payload room into a DATA frame.
-    pub fn commit_data(&mut self, len: usize, serial: u64) {
+    /// `file`: the regular file and offset the payload was read from, to
+    /// send it by splice; the file must stay open until the frame is sent.
+    pub fn commit_data(&mut self, len: usize, serial: u64, file: Option<(RawFd, u64)>) {
         let h = wire::encode_header(wire::FrameType::Data, len as u32, serial);
         self.data[..HEADER_LEN].copy_from_slice(&h);
         self.data_pos = 0;
         self.data_end = HEADER_LEN + len;
+        self.splice_from = file;
     }
 
     fn send(&mut self, fd: RawFd) -> io::Result<()> {
@@ -491,14 +520,107 @@ impl OutBuf {
         self.ctrl.clear();
         self.ctrl_pos = 0;
         while self.data_pos < self.data_end {
-            match send_some(fd, &self.data[self.data_pos..self.data_end])? {
+            let sent = if self.splice_from.is_some() || self.in_pipe > 0 {
+                self.splice_some(fd)?
+            } else {
+                send_some(fd, &self.data[self.data_pos..self.data_end])?
+            };
+            match sent {
                 Some(n) => self.data_pos += n,
                 None => return Ok(()),
             }
         }
         self.data_pos = 0;
         self.data_end = 0;
+        self.splice_from = None;
         Ok(())
+    }
+
+    /// When the pipe is empty, put the rest of the frame in it: what is
+    /// left of the header (written: it goes through the pipe too, so one
+    /// splice sends it with its payload), then the payload from the file.
+    /// Then move bytes from the pipe to `sock`. `Some(0)` when splicing
+    /// stopped and the rest goes from the buffer; `None` when the socket is
+    /// full.
+    fn splice_some(&mut self, sock: RawFd) -> io::Result<Option<usize>> {
+        let Some(pipe) = self.pipe.get_or_insert_with(crate::sys::SplicePipe::new) else {
+            self.splice_from = None;
+            return Ok(Some(0));
+        };
+        if self.in_pipe == 0 {
+            let Some((file, offset)) = self.splice_from else {
+                return Ok(Some(0));
+            };
+            if self.data_pos < HEADER_LEN {
+                let header = &self.data[self.data_pos..HEADER_LEN];
+                // An empty pipe takes these few bytes whole, at once.
+                // SAFETY: writes from a live slice of the given length.
+                let n = unsafe {
+                    libc::write(pipe.write.as_raw_fd(), header.as_ptr().cast(), header.len())
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                self.in_pipe = n as usize;
+            }
+            let next = self.data_pos + self.in_pipe;
+            let mut off = (offset + (next - HEADER_LEN) as u64) as libc::loff_t;
+            let want = self.data_end - next;
+            let moved = loop {
+                if want == 0 {
+                    break 0;
+                }
+                // SAFETY: splice between fds we hold; `off` is a live loff_t.
+                let r = unsafe {
+                    libc::splice(
+                        file,
+                        &mut off,
+                        pipe.write.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        want,
+                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                    )
+                };
+                if r >= 0 || sys::errno() != libc::EINTR {
+                    break r;
+                }
+            };
+            if moved > 0 {
+                self.in_pipe += moved as usize;
+            } else if want > 0 {
+                // End of file (it shrank) or no splice from this file: the
+                // rest of the payload goes from the buffer, after the pipe.
+                self.splice_from = None;
+            }
+            if self.in_pipe == 0 {
+                return Ok(Some(0));
+            }
+        }
+        loop {
+            // SAFETY: splice between fds we hold; no offsets.
+            let n = unsafe {
+                libc::splice(
+                    pipe.read.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    sock,
+                    std::ptr::null_mut(),
+                    self.in_pipe,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n > 0 {
+                self.in_pipe -= n as usize;
+                return Ok(Some(n as usize));
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            match sys::errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => return Ok(None),
+                e => return Err(io::Error::from_raw_os_error(e)),
+            }
+        }
     }
 }
 
@@ -642,5 +764,87 @@ fn recv_some(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
             libc::EAGAIN => return Ok(None),
             e => return Err(ReadError::Io(io::Error::from_raw_os_error(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn data_file(len: usize) -> (std::fs::File, Vec<u8>) {
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 13 + i / 509) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        (f, data)
+    }
+
+    /// Queue one DATA frame whose buffered payload is `buffered`, spliced
+    /// from `file` at `offset` when given, and send it all through a
+    /// non-blocking socketpair whose far end is read only when the near
+    /// end is full. Returns (what arrived, whether the socket filled up).
+    fn send_frame(buffered: &[u8], file: Option<(RawFd, u64)>) -> (Vec<u8>, bool) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut out = OutBuf::new(buffered.len() as u32);
+        out.payload_room(buffered.len() as u32)
+            .copy_from_slice(buffered);
+        out.commit_data(buffered.len(), 7, file);
+        let mut got = Vec::new();
+        let mut filled = false;
+        loop {
+            out.send(ours.as_raw_fd()).unwrap();
+            if out.is_empty() {
+                break;
+            }
+            filled = true;
+            let mut buf = vec![0u8; 1 << 16];
+            let n = theirs.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(ours);
+        theirs.read_to_end(&mut got).unwrap();
+        (got, filled)
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let h = wire::encode_header(wire::FrameType::Data, payload.len() as u32, 7);
+        [&h[..], payload].concat()
+    }
+
+    #[test]
+    fn a_payload_from_a_regular_file_is_spliced_from_the_file() {
+        // The buffer differs from the file, as when the file changed after
+        // the read: the file's bytes arrive, so splice sent them (and the
+        // helper's checksum would refuse them). The payload is larger than
+        // the socket's buffers, so sends resume with bytes in the pipe.
+        let (f, data) = data_file(3 << 20);
+        let len = (2 << 20) + 5;
+        let stale = vec![0xAAu8; len];
+        let (got, filled) = send_frame(&stale, Some((f.as_raw_fd(), 100)));
+        assert!(
+            filled,
+            "the socket never filled; the resume path was not taken"
+        );
+        assert!(got == frame(&data[100..100 + len]));
+    }
+
+    #[test]
+    fn bytes_a_shrunken_file_no_longer_has_come_from_the_buffer() {
+        let (f, data) = data_file(300 << 10);
+        f.set_len(100 << 10).unwrap();
+        let earlier = vec![0x55u8; 300 << 10];
+        let (got, _) = send_frame(&earlier, Some((f.as_raw_fd(), 0)));
+        assert!(got == frame(&[&data[..100 << 10], &earlier[100 << 10..]].concat()));
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_spliced_is_sent_from_the_buffer() {
+        // A pipe has no offsets: splice refuses it (ESPIPE).
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let payload = vec![9u8; 70_000];
+        let (got, _) = send_frame(&payload, Some((r.as_raw_fd(), 0)));
+        assert!(got == frame(&payload));
     }
 }

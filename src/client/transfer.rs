@@ -11,6 +11,7 @@
 //!   before the cancel took effect returns its result. One that was cut
 //!   short returns `Error::Cancelled`.
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelState;
@@ -96,6 +97,16 @@ pub(crate) fn put(
     )?;
     let mut sum = StreamChecksum::new();
     let mut progress = Progress::new(ctx.events, size, ctx.progress_interval);
+    // A regular file's payloads are spliced from its page cache (see
+    // OutBuf): where the next read starts. Splicing into the channel can
+    // raise SIGPIPE when the helper is gone; the guard keeps it from the
+    // caller.
+    let mut splice_at = src.regular_fd().and_then(|fd| {
+        // SAFETY: lseek on an open fd; no pointers.
+        let pos = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_CUR) };
+        u64::try_from(pos).ok().map(|pos| (fd.as_raw_fd(), pos))
+    });
+    let mut sigpipe = splice_at.is_some().then(SigpipeGuard::new);
     let mut stopped: Option<Stopped> = None;
     // The terminator (END or CANCEL) has been queued.
     let mut ended_with_end: Option<bool> = None;
@@ -132,7 +143,11 @@ pub(crate) fn put(
                 }
                 Ok(Some(n)) => {
                     sum.update(conn.out.payload(n));
-                    conn.out.commit_data(n, serial);
+                    let from = splice_at;
+                    if let Some((_, at)) = splice_at.as_mut() {
+                        *at += n as u64;
+                    }
+                    conn.out.commit_data(n, serial, from);
                     progress.add(n as u64, ctx.events);
                     if src.needs_poll_before_io() {
                         src_ready = false;
@@ -151,7 +166,13 @@ pub(crate) fn put(
                 }
             }
         }
-        conn.flush()?;
+        if let Err(e) = conn.flush() {
+            // A splice into a channel the helper closed raised SIGPIPE.
+            if let Some(g) = sigpipe.as_mut() {
+                g.raised = true;
+            }
+            return Err(e);
+        }
         while let Some(msg) = conn.read_frame(serial)? {
             match msg {
                 Incoming::Stop => {

@@ -17,7 +17,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::sys;
+use crate::sys::{self, SplicePipe};
 use crate::wire::HEADER_LEN;
 
 /// Look-ahead size. Small, so that bytes of a DATA payload read ahead with
@@ -40,24 +40,6 @@ pub(super) struct Channel<'fd> {
     /// The pipe payloads are spliced through: made at the first download,
     /// `Some(None)` when that failed.
     splice_pipe: Option<Option<SplicePipe>>,
-}
-
-/// Both ends of a pipe. It is empty between calls.
-struct SplicePipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl SplicePipe {
-    fn new() -> Option<SplicePipe> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
-        // Room for a whole 1 MiB chunk, so one splice in and one out
-        // usually move a payload; the default 64 KiB works, with more
-        // calls, where the limit (/proc/sys/fs/pipe-max-size) is lower.
-        // SAFETY: fcntl on a pipe we own; no pointers.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-        Some(SplicePipe { read, write })
-    }
 }
 
 impl<'fd> Channel<'fd> {
