@@ -622,13 +622,14 @@ fn run(plan: &Plan) -> Result<(), String> {
     let mut verdicts: Vec<Verdict> = Vec::new();
 
     type Group = fn(&Plan, &mut String, &mut Vec<Verdict>) -> Result<(), String>;
-    let groups: [(&str, Group); 7] = [
+    let groups: [(&str, Group); 8] = [
         ("file", file_groups),
         ("launch", launch_group),
         ("cancel", cancel_group),
         ("memory", memory_group),
         ("many", many_group),
         ("checksum", checksum_group),
+        ("receive", receive_group),
         ("tree", tree_group),
     ];
     // A group that fails is reported in the document and fails the run,
@@ -1391,6 +1392,247 @@ fn many_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
             "many handles leaked: fds {fds_before} -> {fds_after}, children {kids}, zombies {zombies}"
         ));
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- receive
+
+/// How a receiver takes a stream into a file.
+#[derive(Clone, Copy)]
+enum Receive {
+    /// barge's way: recv into a buffer, checksum it, write it.
+    RecvWrite,
+    /// splice socket -> pipe -> file (no copy through user space), then
+    /// checksum the chunk through a mapping of the file made per chunk.
+    SpliceMapChunk,
+    /// The same with one mapping of the whole file, made up front.
+    SpliceMapWhole,
+}
+
+/// One stream of `total` bytes over a socketpair, sent by a thread from
+/// memory in `chunk`-byte sends, taken by this thread into an anonymous
+/// file in `dir` as `how` says. Returns the receiving thread's CPU time.
+fn receive_once(dir: &Path, total: u64, chunk: usize, how: Receive) -> Result<f64, String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (tx, rx) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let payload: Vec<u8> = (0..chunk).map(|i| (i * 31 + i / 7) as u8).collect();
+    let mut want = barge::wire::StreamChecksum::new();
+    for _ in 0..total / chunk as u64 {
+        want.update(&payload);
+    }
+    let sender = std::thread::spawn(move || {
+        let mut tx = tx;
+        for _ in 0..total / chunk as u64 {
+            std::io::Write::write_all(&mut tx, &payload)?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let out = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (sock, file) = (rx.as_raw_fd(), out.as_raw_fd());
+    let mut sum = barge::wire::StreamChecksum::new();
+    let cpu = || {
+        // SAFETY: a zeroed timespec is valid; clock_gettime writes it.
+        let t = unsafe {
+            let mut t: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+            t
+        };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    let start = cpu();
+    let mut got: u64 = 0;
+    match how {
+        Receive::RecvWrite => {
+            let mut buf = vec![0u8; chunk];
+            while got < total {
+                let n = std::io::Read::read(&mut &rx, &mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                sum.update(&buf[..n]);
+                (&out).write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                got += n as u64;
+            }
+        }
+        Receive::SpliceMapChunk | Receive::SpliceMapWhole => {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two fds into the array, owned below.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: two new fds owned by nobody else.
+            let owned = unsafe {
+                use std::os::fd::FromRawFd;
+                (
+                    std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                    std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+                )
+            };
+            // As the library's pipes: room for a whole chunk.
+            // SAFETY: fcntl on a pipe we own.
+            unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
+            let pipe = (owned.0.as_raw_fd(), owned.1.as_raw_fd());
+            out.set_len(total).map_err(|e| e.to_string())?;
+            let whole = matches!(how, Receive::SpliceMapWhole).then(|| {
+                // SAFETY: a read-only mapping of our own file, `total`
+                // bytes long (set_len above), unmapped below.
+                unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        total as usize,
+                        libc::PROT_READ,
+                        libc::MAP_SHARED,
+                        file,
+                        0,
+                    )
+                }
+            });
+            while got < total {
+                // SAFETY: splice between fds we hold.
+                let n = unsafe {
+                    libc::splice(
+                        sock,
+                        std::ptr::null_mut(),
+                        pipe.1,
+                        std::ptr::null_mut(),
+                        chunk,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    return Err(format!(
+                        "splice from the socket: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                let mut moved = 0;
+                while moved < n {
+                    let mut off = (got + moved as u64) as libc::loff_t;
+                    // SAFETY: splice between fds we hold; `off` is live.
+                    let m = unsafe {
+                        libc::splice(
+                            pipe.0,
+                            std::ptr::null_mut(),
+                            file,
+                            &mut off,
+                            (n - moved) as usize,
+                            0,
+                        )
+                    };
+                    if m <= 0 {
+                        return Err(format!(
+                            "splice to the file: {}",
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                    moved += m;
+                }
+                let n = n as u64;
+                match whole {
+                    // SAFETY: got + n <= total, inside the mapping.
+                    Some(base) => sum.update(unsafe {
+                        std::slice::from_raw_parts(base.cast::<u8>().add(got as usize), n as usize)
+                    }),
+                    None => {
+                        let at = got & !4095;
+                        let len = (got + n - at) as usize;
+                        // SAFETY: a read-only mapping of bytes just written,
+                        // read and unmapped here.
+                        unsafe {
+                            let p = libc::mmap(
+                                std::ptr::null_mut(),
+                                len,
+                                libc::PROT_READ,
+                                libc::MAP_SHARED,
+                                file,
+                                at as libc::off_t,
+                            );
+                            if p == libc::MAP_FAILED {
+                                return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+                            }
+                            sum.update(std::slice::from_raw_parts(
+                                p.cast::<u8>().add((got - at) as usize),
+                                n as usize,
+                            ));
+                            libc::munmap(p, len);
+                        }
+                    }
+                }
+                got += n;
+            }
+            if let Some(base) = whole {
+                // SAFETY: the mapping made above.
+                unsafe { libc::munmap(base, total as usize) };
+            }
+        }
+    }
+    let took = cpu() - start;
+    sender
+        .join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| e.to_string())?;
+    if got != total || !sum.matches(total, want.digest()) {
+        return Err(format!(
+            "received {got} of {total} bytes, or a wrong checksum"
+        ));
+    }
+    Ok(took)
+}
+
+fn receive_group(plan: &Plan, body: &mut String, _: &mut Vec<Verdict>) -> Result<(), String> {
+    eprintln!("bench: receive");
+    let chunk = barge::wire::DEFAULT_CHUNK as usize;
+    let ways = [
+        ("recv, checksum, write (barge)", Receive::RecvWrite),
+        (
+            "splice to the file, checksum through a mapping per chunk",
+            Receive::SpliceMapChunk,
+        ),
+        (
+            "splice to the file, checksum through one mapping",
+            Receive::SpliceMapWhole,
+        ),
+    ];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    for round in 0..plan.warmup + plan.runs {
+        for (i, (_, how)) in ways.iter().enumerate() {
+            let t = receive_once(&plan.dir, plan.file_size, chunk, *how)?;
+            if round >= plan.warmup {
+                cpu[i].push(t);
+            }
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    let _ = writeln!(
+        body,
+        "## The receiving side: one copy or two
+
+The stream path's receiver copies twice: `recv` into a buffer, then `write` into the page cache. splice(2) could move the bytes from the socket into the file with one copy, but the checksum must then read them back from the file. This group measures the receiving thread's CPU time for {} arriving over a socketpair in {} KiB sends, taken into an unnamed file in the scratch directory each way, alternating; every way must end with the right checksum.
+
+| receiver | CPU s, median | ratio to barge's, median of rounds | min–max |
+|---|---:|---:|---:|",
+        human(plan.file_size),
+        chunk / 1024
+    );
+    for (i, (name, _)) in ways.iter().enumerate() {
+        let paired: Vec<f64> = cpu[i].iter().zip(&cpu[0]).map(|(a, b)| a / b).collect();
+        let _ = writeln!(
+            body,
+            "| {name} | {:.3} | **{:.2}** | {:.2}–{:.2} |",
+            median(&cpu[i]),
+            median(&paired),
+            min(&paired),
+            max(&paired)
+        );
+    }
+    let _ = writeln!(body);
     Ok(())
 }
 
