@@ -7,7 +7,7 @@
 //!   Flags after `--`: `--quick` (small sizes, few runs), `--dir DIR`
 //!   (scratch directory, default `/tmp/barge-bench`), `--out FILE`
 //!   (default `BENCHMARKS.md` in the source tree), `--only a,b` (groups:
-//!   file, launch, cancel, memory, many, checksum, tree).
+//!   file, launch, cancel, memory, many, checksum, receive, tree).
 //! - `cargo test` runs this file as a test binary without `--bench`: a smoke
 //!   run of every group at tiny sizes in a temporary directory, which fails
 //!   on any failed command or wrong output and writes nothing to the tree.
@@ -86,15 +86,10 @@ impl Plan {
                 })
             }))
         };
+        // Empty: every group (the list in `run`).
         let groups = value("--only")
             .map(|g| g.split(',').map(str::to_string).collect())
-            .unwrap_or_else(|| {
-                [
-                    "file", "launch", "cancel", "memory", "many", "checksum", "tree",
-                ]
-                .map(String::from)
-                .to_vec()
-            });
+            .unwrap_or_default();
         Plan {
             quick,
             smoke,
@@ -137,7 +132,7 @@ impl Plan {
     }
 
     fn wants(&self, group: &str) -> bool {
-        self.groups.iter().any(|g| g == group)
+        self.groups.is_empty() || self.groups.iter().any(|g| g == group)
     }
 }
 
