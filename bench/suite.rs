@@ -336,8 +336,8 @@ fn max(v: &[f64]) -> f64 {
     v.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
 }
 
-/// Run the commands alternately: a warm-up round, then `runs` counted
-/// rounds. `check` runs after every run of every command. Before each
+/// Run the commands alternately, in an order that rotates by one each
+/// round: a warm-up round, then `runs` counted rounds. `check` runs after every run of every command. Before each
 /// run, outside the timing, the destination is removed and the page
 /// cache's dirty data written back (sync), so no run pays for the
 /// writeback of the one before it.
@@ -355,8 +355,16 @@ fn alternate(
             secs: Vec::new(),
         })
         .collect();
+    let n = benches.len();
     for round in 0..plan.warmup + plan.runs {
-        for (b, t) in benches.iter_mut().zip(timed.iter_mut()) {
+        // Each round starts one command later (A B C, B C A, C A B, ...):
+        // a run can be slowed by the one before it (a stream-path upload
+        // right after a `copy_file_range` copy of the same size has run
+        // two to four times slower on this machine), so no command always
+        // follows the same one.
+        for k in 0..n {
+            let i = (round + k) % n;
+            let (b, t) = (&mut benches[i], &mut timed[i]);
             (b.prepare)();
             // SAFETY: sync(2) takes no arguments and cannot fail.
             unsafe { libc::sync() };
@@ -659,7 +667,7 @@ fn run(plan: &Plan) -> Result<(), String> {
     let _ = writeln!(doc, "# barge benchmarks\n");
     let _ = writeln!(
         doc,
-        "Written by `bench/run.sh{}` ({}). Every figure comes from {} counted rounds after {} warm-up round; in each round the commands run one after another (A B C … A B C …), and before each run, outside the timing, its destination is removed and the page cache's dirty data written back (`sync`), so no run pays for the writeback of another. Ratios are to the limit (`cp` of the same data) in the same round: each run is divided by that round's `cp`, and the table gives the median and min–max of those ratios, with the ratio of the median times beside them. Absolute times on this shared machine move from run to run, so compare ratios, never single times.\n",
+        "Written by `bench/run.sh{}` ({}). Every figure comes from {} counted rounds after {} warm-up round; in each round the commands run one after another, and each round starts one command later than the one before (A B C, B C A, C A B, …: a run can be slowed by the one before it, see \"Reading these figures\"); before each run, outside the timing, its destination is removed and the page cache's dirty data written back (`sync`), so no run pays for the writeback of another. Ratios are to the limit (`cp` of the same data) in the same round: each run is divided by that round's `cp`, and the table gives the median and min–max of those ratios, with the ratio of the median times beside them. Absolute times on this shared machine move from run to run, so compare ratios, never single times.\n",
         if plan.quick { " --quick" } else { "" },
         sh("date -u +%Y-%m-%dT%H:%MZ"),
         plan.runs,
@@ -1785,15 +1793,23 @@ fn tree_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
     let dst = d.join("tree-dst");
     let s = |p: &Path| p.to_string_lossy().into_owned();
     // Removing a copy of 5000 files costs about as much as making one, so
-    // it happens between the timed runs, not inside them: after each run,
-    // the destination is removed and, for the commands that copy into an
-    // existing directory (tar, rsync, barge), made again empty.
-    let nothing = || {};
+    // it happens before each run, outside the timing: the destination is
+    // removed and, for the commands that copy into an existing directory
+    // (tar, rsync, barge), made again empty.
+    let fresh = |with_dir: bool| {
+        let dst = dst.clone();
+        move || {
+            remove(&dst);
+            if with_dir {
+                let _ = fs::create_dir_all(&dst);
+            }
+        }
+    };
     let benches = vec![
         ext_bench(
             "cp -r",
             Ext::new(["cp", "-r", &s(&tree), &s(&dst)]),
-            nothing,
+            fresh(false),
         ),
         ext_bench(
             "tar | tar",
@@ -1802,7 +1818,7 @@ fn tree_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
                 "-c".into(),
                 format!("tar cf - -C {} tree | tar xf - -C {}", s(&parent), s(&dst)),
             ]),
-            nothing,
+            fresh(true),
         ),
         ext_bench(
             "rsync -r",
@@ -1813,19 +1829,15 @@ fn tree_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
                 format!("{}/", s(&tree)),
                 format!("{}/", s(&dst)),
             ]),
-            nothing,
+            fresh(true),
         ),
         ext_bench(
             "sftp -D put -r",
             sftp(format!("put -r {} {}\n", s(&tree), s(&dst))),
-            nothing,
+            fresh(false),
         ),
-        tree_bench(&tree, &dst),
+        tree_bench(&tree, &dst, fresh(true)),
     ];
-    // The command that runs after each one, and whether it needs the
-    // destination to exist.
-    let next_needs_dir = |name: &str| matches!(name, "cp -r" | "tar | tar" | "sftp -D put -r");
-    remove(&dst);
     let count_dst = dst.join("tree");
     let timed = alternate(plan, benches, &mut |name| {
         // Every barge run must have copied the whole tree.
@@ -1839,10 +1851,6 @@ fn tree_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
             if copied != files {
                 return Err(format!("barge copy_in: {copied} of {files} files copied"));
             }
-        }
-        remove(&dst);
-        if next_needs_dir(name) {
-            fs::create_dir_all(&dst).map_err(|e| e.to_string())?;
         }
         Ok(())
     })?;
@@ -1867,13 +1875,13 @@ fn tree_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
 
 /// A whole library session that copies a tree in: create, copy_in, shut
 /// down. `dst` must exist.
-fn tree_bench(tree: &Path, dst: &Path) -> Bench {
+fn tree_bench(tree: &Path, dst: &Path, prepare: impl FnMut() + 'static) -> Bench {
     let tree = tree.to_path_buf();
     let dst = dst.to_path_buf();
     Bench {
         name: "barge copy_in".into(),
         shown: "in-process: Handle::new(); h.copy_in(TREE, DST); h.shutdown()".into(),
-        prepare: Box::new(|| {}),
+        prepare: Box::new(prepare),
         run: Box::new(move || {
             let mut h = handle()?;
             h.copy_in(&tree, &dst)
