@@ -616,9 +616,67 @@ struct Verdict {
     holds: Option<bool>,
 }
 
+/// Free page reporting (virtio-balloon) hands memory the guest frees to
+/// the host, which unmaps it; the next page cache a writer allocates there
+/// costs a host page fault per page, which under nested virtualization
+/// made 1 GiB writes two to four times slower whenever the run before had
+/// freed its destination. While this lives, reporting is suspended: its
+/// minimum block order is set one above the largest order the buddy
+/// allocator has (so no free block qualifies), and restored on drop.
+struct PageReportingSuspended {
+    knob: PathBuf,
+    was: String,
+}
+
+impl PageReportingSuspended {
+    /// `Err` with what the Machine section says when reporting is absent or
+    /// cannot be changed (not root).
+    fn new() -> Result<PageReportingSuspended, String> {
+        let knob = PathBuf::from("/sys/module/page_reporting/parameters/page_reporting_order");
+        let was = fs::read_to_string(&knob)
+            .map_err(|_| "free page reporting: not present".to_string())?
+            .trim()
+            .to_string();
+        // /proc/buddyinfo has one column per order, after four words.
+        let orders = fs::read_to_string("/proc/buddyinfo")
+            .ok()
+            .and_then(|b| {
+                b.lines()
+                    .next()
+                    .map(|l| l.split_whitespace().count().saturating_sub(4))
+            })
+            .filter(|&n| n > 0)
+            .ok_or("free page reporting: present, left on (no /proc/buddyinfo)")?;
+        fs::write(&knob, orders.to_string()).map_err(|e| {
+            format!("free page reporting: present, left on (page_reporting_order {was}: {e})")
+        })?;
+        Ok(PageReportingSuspended { knob, was })
+    }
+}
+
+impl Drop for PageReportingSuspended {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.knob, &self.was);
+    }
+}
+
 fn run(plan: &Plan) -> Result<(), String> {
     ensure_peers();
     fs::create_dir_all(&plan.dir).map_err(|e| format!("{}: {e}", plan.dir.display()))?;
+    // Not for the smoke run inside `cargo test`: that must not touch the
+    // machine's settings.
+    let reporting = match plan.smoke {
+        true => Err("free page reporting: left as it is (smoke run)".to_string()),
+        false => PageReportingSuspended::new(),
+    };
+    let reporting_line = match &reporting {
+        Ok(r) => format!(
+            "free page reporting: suspended during the run (page_reporting_order {} raised to {}, restored after), see \"Reading these figures\"",
+            r.was,
+            fs::read_to_string(&r.knob).unwrap_or_default().trim()
+        ),
+        Err(why) => why.clone(),
+    };
     let load_before = load();
     let started = Instant::now();
     let mut body = String::new();
@@ -677,7 +735,7 @@ fn run(plan: &Plan) -> Result<(), String> {
     doc.push_str(&machine(plan));
     let _ = writeln!(
         doc,
-        "- load (1/5/15-minute averages): {} at the start, {} at the end (the suite itself keeps up to 2 processes busy; more means other work shared the cores)\n- suite took {:.0} s\n",
+        "- {reporting_line}\n- load (1/5/15-minute averages): {} at the start, {} at the end (the suite itself keeps up to 2 processes busy; more means other work shared the cores)\n- suite took {:.0} s\n",
         load_before,
         load(),
         started.elapsed().as_secs_f64()
