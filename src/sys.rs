@@ -196,4 +196,45 @@ impl SplicePipe {
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         Some(SplicePipe { read, write })
     }
+
+    /// Splice up to `len` bytes of the regular file `file` from `offset`
+    /// into the pipe, which the caller has emptied. Returns the bytes
+    /// moved: 0 at the end of the file, or when the file cannot be
+    /// spliced, which callers treat alike (the rest goes from memory).
+    pub fn splice_in(&self, file: RawFd, offset: u64, len: usize) -> usize {
+        let mut off = offset as libc::loff_t;
+        loop {
+            // SAFETY: splice between fds the caller holds; `off` is a live
+            // loff_t.
+            let r = unsafe {
+                libc::splice(
+                    file,
+                    &mut off,
+                    self.write.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    len,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if r >= 0 || errno() != libc::EINTR {
+                return r.max(0) as usize;
+            }
+        }
+    }
+}
+
+/// Run one non-blocking call until it is not interrupted: `Some(n)` for
+/// its result, `None` when it would block (EAGAIN).
+pub fn nonblocking(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<Option<usize>> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match errno() {
+            libc::EINTR => {}
+            libc::EAGAIN => return Ok(None),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
 }

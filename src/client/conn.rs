@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelState;
@@ -103,12 +103,9 @@ impl Connection {
         chunk: u32,
     ) -> Connection {
         // Every call on the channel is non-blocking already (MSG_DONTWAIT);
-        // splice(2) into it honours only the file's own flag.
-        // SAFETY: fcntl on our own end of the channel; no pointers.
-        unsafe {
-            let flags = libc::fcntl(channel.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(channel.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+        // splice(2) into it honours only the file's own flag. Failure
+        // cannot happen on a socket we own.
+        let _ = sys::set_nonblocking(channel.as_fd(), true);
         Connection {
             process,
             channel,
@@ -564,29 +561,13 @@ impl OutBuf {
                 self.in_pipe = n as usize;
             }
             let next = self.data_pos + self.in_pipe;
-            let mut off = (offset + (next - HEADER_LEN) as u64) as libc::loff_t;
             let want = self.data_end - next;
-            let moved = loop {
-                if want == 0 {
-                    break 0;
-                }
-                // SAFETY: splice between fds we hold; `off` is a live loff_t.
-                let r = unsafe {
-                    libc::splice(
-                        file,
-                        &mut off,
-                        pipe.write.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        want,
-                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                    )
-                };
-                if r >= 0 || sys::errno() != libc::EINTR {
-                    break r;
-                }
+            let moved = match want {
+                0 => 0,
+                _ => pipe.splice_in(file, offset + (next - HEADER_LEN) as u64, want),
             };
             if moved > 0 {
-                self.in_pipe += moved as usize;
+                self.in_pipe += moved;
             } else if want > 0 {
                 // End of file (it shrank) or no splice from this file: the
                 // rest of the payload goes from the buffer, after the pipe.
@@ -596,56 +577,39 @@ impl OutBuf {
                 return Ok(Some(0));
             }
         }
-        loop {
-            // SAFETY: splice between fds we hold; no offsets.
-            let n = unsafe {
-                libc::splice(
-                    pipe.read.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    sock,
-                    std::ptr::null_mut(),
-                    self.in_pipe,
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                )
-            };
-            if n > 0 {
-                self.in_pipe -= n as usize;
-                return Ok(Some(n as usize));
-            }
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            match sys::errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => return Ok(None),
-                e => return Err(io::Error::from_raw_os_error(e)),
-            }
+        // SAFETY: splice between fds we hold; no offsets.
+        let sent = sys::nonblocking(|| unsafe {
+            libc::splice(
+                pipe.read.as_raw_fd(),
+                std::ptr::null_mut(),
+                sock,
+                std::ptr::null_mut(),
+                self.in_pipe,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        })?;
+        if sent == Some(0) {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        if let Some(n) = sent {
+            self.in_pipe -= n;
+        }
+        Ok(sent)
     }
 }
 
 /// One non-blocking `send(2)` with MSG_NOSIGNAL; `None` when the socket is
 /// full.
 fn send_some(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
-    loop {
-        // SAFETY: sends from a live slice of the given length.
-        let n = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        match sys::errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Ok(None),
-            e => return Err(io::Error::from_raw_os_error(e)),
-        }
-    }
+    // SAFETY: sends from a live slice of the given length.
+    sys::nonblocking(|| unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })
 }
 
 /// Like [`send_some`], with `pass` attached as SCM_RIGHTS to the first
@@ -653,12 +617,12 @@ fn send_some(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
 fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd) -> io::Result<Option<usize>> {
     // Aligned room for one cmsghdr and one int.
     let mut control = [0u64; 4];
-    loop {
+    sys::nonblocking(|| {
         // SAFETY: msghdr and the control buffer are zeroed and live for
         // the call; the cmsg written fits in the buffer (CMSG_SPACE of one
         // int is at most 24 bytes, the buffer is 32), and iov points at
         // the caller's live slice.
-        let n = unsafe {
+        unsafe {
             let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
             debug_assert!(space <= std::mem::size_of_val(&control));
             let mut iov = libc::iovec {
@@ -678,16 +642,8 @@ fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd) -> io::Result<Option<usize>>
                 .cast::<libc::c_int>()
                 .write_unaligned(pass);
             libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-        };
-        if n >= 0 {
-            return Ok(Some(n as usize));
         }
-        match sys::errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Ok(None),
-            e => return Err(io::Error::from_raw_os_error(e)),
-        }
-    }
+    })
 }
 
 enum ReadError {

@@ -197,28 +197,18 @@ impl<'a> LocalFile<'a> {
             Kind::Polled => &buf[..buf.len().min(libc::PIPE_BUF)],
             _ => buf,
         };
-        loop {
-            // SAFETY: writes from a live slice of the given length.
-            let n = unsafe {
-                match self.kind {
-                    Kind::Socket => libc::send(
-                        self.fd,
-                        buf.as_ptr().cast(),
-                        buf.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    ),
-                    _ => libc::write(self.fd, buf.as_ptr().cast(), buf.len()),
-                }
-            };
-            if n >= 0 {
-                return Ok(Some(n as usize));
+        // SAFETY: writes from a live slice of the given length.
+        sys::nonblocking(|| unsafe {
+            match self.kind {
+                Kind::Socket => libc::send(
+                    self.fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                ),
+                _ => libc::write(self.fd, buf.as_ptr().cast(), buf.len()),
             }
-            match sys::errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => return Ok(None),
-                e => return Err(io::Error::from_raw_os_error(e)),
-            }
-        }
+        })
     }
 }
 

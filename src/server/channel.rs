@@ -351,27 +351,11 @@ fn splice_out(
 ) -> Result<usize, SpliceEnd> {
     let mut sent = 0;
     while sent < len {
-        let mut off = (offset + sent as u64) as libc::loff_t;
-        let moved = loop {
-            // SAFETY: splice between fds we hold; `off` is a live loff_t.
-            let r = unsafe {
-                libc::splice(
-                    src.as_raw_fd(),
-                    &mut off,
-                    pipe.write.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    len - sent,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break r;
-            }
-        };
-        if moved <= 0 {
+        let moved = pipe.splice_in(src.as_raw_fd(), offset + sent as u64, len - sent);
+        if moved == 0 {
             return Ok(sent);
         }
-        let mut left = moved as usize;
+        let mut left = moved;
         while left > 0 {
             // SAFETY: splice between fds we hold; no offsets.
             let n = retry(output, libc::POLLOUT, || unsafe {
@@ -388,13 +372,13 @@ fn splice_out(
                 Ok(0) => return Err(Failed(io::ErrorKind::WriteZero.into())),
                 Ok(n) => n,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    return Err(Refused(sent + moved as usize - left))
+                    return Err(Refused(sent + moved - left))
                 }
                 Err(e) => return Err(Failed(e)),
             };
             left -= n;
         }
-        sent += moved as usize;
+        sent += moved;
     }
     Ok(sent)
 }
