@@ -16,7 +16,7 @@ use common::*;
 fn cancelled_downloads_leave_no_file_and_no_fd_once_the_handle_is_closed() {
     let root = tempdir();
     let local = tempdir();
-    write_file(&root.path().join("big.bin"), &Rng::new(9).bytes(16 << 20));
+    write_file(&root.path().join("big.bin"), &Rng::new(9).bytes(64 << 20));
     let fds_before = fd_count();
 
     // Both paths: the stream path writes the file here; on the fast path
@@ -28,7 +28,9 @@ fn cancelled_downloads_leave_no_file_and_no_fd_once_the_handle_is_closed() {
             h.set_fast_path(fast_path);
             h.set_progress_interval(Duration::ZERO);
             // Past the size the discard thread takes (1 MiB), at a
-            // different point each round.
+            // different point each round, and far from the end: on the
+            // fast path the helper copies ahead of the progress the client
+            // sees, and a 16 MiB file could finish before the cancel.
             let cancel_at = Arc::new(AtomicU64::new((2 + 2 * round) << 20));
             let (c, at) = (h.canceller(), cancel_at.clone());
             h.add_event_callback(EventMask::PROGRESS, move |ev| {
