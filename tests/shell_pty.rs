@@ -187,9 +187,9 @@ fn shell_ctrl_c_cancels_a_get_and_leaves_nothing_locally() {
         Vec::<String>::new(),
         "partial download left"
     );
-    // The unnamed download file is closed by barge's discard thread (a
-    // 1 GiB sparse file frees its page cache off the caller's thread), so
-    // its fd goes away shortly after the prompt, not before it.
+    // The unnamed download file holds at least 1 MiB by now, so barge's
+    // discard thread closes it (its page cache is freed off the caller's
+    // thread): its fd goes away shortly after the prompt, not before it.
     wait_for("barge closes the abandoned download", SLOW, || {
         fds_under(t.pid(), local.path()).is_empty()
     });
