@@ -455,7 +455,7 @@ impl Handle {
             let (dir, file_name) = split_local(local)?;
             let file = AtomicFile::create(dir, file_name, 0o600)
                 .map_err(|e| Error::local(format!("create {name}"), e))?;
-            let umask = current_umask();
+            let umask = crate::treefs::current_umask();
             let fd = file.fd().as_raw_fd();
             let mut on_source = |_size: u64, mode: u32| {
                 // The temporary file is private until the mode is known.
@@ -981,16 +981,4 @@ fn split_local(local: &Path) -> Result<(OwnedFd, &[u8])> {
     let fd = sys::openat(sys::cwd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|e| Error::local(format!("open directory {}", dir.display()), e))?;
     Ok((fd, OsStr::as_bytes(name)))
-}
-
-/// The process umask, read without changing it (Linux 4.7+), or 022.
-fn current_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
 }
