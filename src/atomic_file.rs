@@ -35,7 +35,9 @@ impl AtomicFile {
     /// single path component. `mode` is subject to the umask.
     pub fn create(dir: OwnedFd, name: &[u8], mode: u32) -> io::Result<AtomicFile> {
         let name = check_name(name)?;
-        match sys::openat(dir.as_fd(), c".", libc::O_TMPFILE | libc::O_WRONLY, mode) {
+        // Readable too: a stream's receiver hashes what it wrote through a
+        // mapping of the file (see file_sink).
+        match sys::openat(dir.as_fd(), c".", libc::O_TMPFILE | libc::O_RDWR, mode) {
             Ok(fd) => Ok(AtomicFile {
                 dir,
                 name,

@@ -21,6 +21,7 @@ pub mod client;
 mod discard;
 mod error;
 pub mod ffi;
+mod file_sink;
 mod helper_path;
 pub mod partial;
 pub mod process;

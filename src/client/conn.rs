@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use crate::cancel::CancelState;
 use crate::client::events::{Event, Events};
 use crate::error::Error;
+use crate::file_sink::{FileSink, SinkError};
 use crate::process::HelperProcess;
 use crate::sys;
-use crate::wire::{self, Frame, Header, StatRecord, HEADER_LEN};
+use crate::wire::{self, Frame, FrameType, Header, StatRecord, StreamChecksum, HEADER_LEN};
 
 /// How many lines of the helper's stderr are kept for error messages.
 const STDERR_TAIL_LINES: usize = 8;
@@ -199,6 +200,17 @@ impl Connection {
                 return Err(self.fail_protocol(format!("from the helper: {e}")))
             }
         };
+        if self.reader.data_left > 0 {
+            // A spliced DATA frame: its payload is still in the channel.
+            if header.serial != serial {
+                let msg = format!(
+                    "helper sent DATA for serial {} during request {serial}",
+                    header.serial
+                );
+                return Err(self.fail_protocol(msg));
+            }
+            return Ok(Some(Incoming::Data));
+        }
         let frame = match wire::decode_frame(&header, self.reader.payload()) {
             Ok(f) => f,
             Err(e) => return Err(self.fail_protocol(format!("from the helper: {e}"))),
@@ -279,9 +291,58 @@ impl Connection {
         self.out.ctrl.extend_from_slice(frames);
     }
 
-    /// Release the DATA frame last returned by [`Self::read_frame`].
+    /// Release the DATA frame last returned by [`Self::read_frame`]. Its
+    /// payload bytes still in the channel, if it was spliced, are skipped.
     pub fn consume(&mut self) {
         self.reader.consume();
+    }
+
+    /// Leave DATA payloads in the channel from now on (or no longer), for
+    /// [`Self::splice_data_into`]. Only between frames.
+    pub fn splice_data(&mut self, on: bool) {
+        debug_assert!(self.reader.header.is_none() || !on);
+        self.reader.splice_data = on;
+    }
+
+    /// Payload bytes of the DATA frame in hand that are still in the
+    /// channel: all of it when DATA is spliced, until
+    /// [`Self::splice_data_into`] moves them. 0 when it is buffered, in
+    /// [`Self::data`].
+    pub fn data_in_channel(&self) -> usize {
+        self.reader.data_left
+    }
+
+    /// Move payload bytes of the DATA frame in hand from the channel into
+    /// `sink`, which hashes them into `sum`. `Ok(None)` when the channel
+    /// has none now. A channel that cannot be spliced turns splicing off:
+    /// the frame is then received into the buffer, and read_frame returns
+    /// it again, whole, as DATA (`Ok(Some(0))`).
+    pub fn splice_data_into(
+        &mut self,
+        sink: &mut FileSink,
+        sum: &mut StreamChecksum,
+    ) -> Result<Option<usize>, SpliceFailed> {
+        let left = self.reader.data_left;
+        match sink.splice_from(self.channel.as_raw_fd(), &mut self.reader.data_left, sum) {
+            Ok(true) => Ok(Some(left - self.reader.data_left)),
+            Ok(false) => Ok(None),
+            Err(SinkError::File(e)) => Err(SpliceFailed::File(e)),
+            Err(SinkError::Source(e))
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && self.reader.header.is_some_and(|h| h.len as usize == left) =>
+            {
+                self.reader.buffer_data();
+                Ok(Some(0))
+            }
+            Err(SinkError::Source(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(SpliceFailed::Channel(self.gone()))
+            }
+            Err(SinkError::Source(e)) if is_gone(&e) => Err(SpliceFailed::Channel(self.gone())),
+            Err(SinkError::Source(e)) => Err(SpliceFailed::Channel(self.fail(
+                Broken::HelperGone,
+                Error::local("splice from the helper", e),
+            ))),
+        }
     }
 
     /// Wait until the channel or local fd is ready, a cancel arrives, or the
@@ -646,6 +707,14 @@ fn send_with_fd(fd: RawFd, buf: &[u8], pass: RawFd) -> io::Result<Option<usize>>
     })
 }
 
+/// Why [`Connection::splice_data_into`] stopped.
+pub(crate) enum SpliceFailed {
+    /// The channel failed; the connection is broken and this is its error.
+    Channel(Error),
+    /// The file could not take the bytes.
+    File(io::Error),
+}
+
 enum ReadError {
     Eof,
     Io(io::Error),
@@ -655,6 +724,11 @@ enum ReadError {
 /// Reads frames from a non-blocking socket: the header first, checked
 /// before anything is allocated, then the payload into a buffer that only
 /// ever grows to the largest frame seen (at most `MAX_CHUNK`).
+///
+/// With `splice_data` on, a DATA frame is returned as soon as its header
+/// is in: its payload stays in the socket for the caller to splice into a
+/// file (see [`Connection::splice_data_into`]). Whatever of it the caller
+/// leaves there is skipped before the next frame.
 #[derive(Default)]
 struct FrameReader {
     head: [u8; HEADER_LEN],
@@ -662,12 +736,27 @@ struct FrameReader {
     header: Option<Header>,
     payload: Vec<u8>,
     payload_got: usize,
+    splice_data: bool,
+    /// Payload bytes of the DATA frame in hand still in the socket.
+    data_left: usize,
+    /// Payload bytes of a consumed DATA frame still in the socket.
+    skip: usize,
 }
 
 impl FrameReader {
-    /// Read until a whole frame is buffered. `Ok(None)` when the socket has
-    /// no more bytes for now.
+    /// Read until a whole frame is buffered, or a DATA header when DATA
+    /// is spliced. `Ok(None)` when the socket has no more bytes for now.
     fn fill(&mut self, fd: RawFd) -> Result<Option<Header>, ReadError> {
+        while self.skip > 0 {
+            let room = self.skip.min(64 << 10);
+            if self.payload.len() < room {
+                self.payload.resize(room, 0);
+            }
+            match recv_some(fd, &mut self.payload[..room])? {
+                Some(n) => self.skip -= n,
+                None => return Ok(None),
+            }
+        }
         if self.header.is_none() {
             while self.head_got < HEADER_LEN {
                 match recv_some(fd, &mut self.head[self.head_got..])? {
@@ -676,11 +765,15 @@ impl FrameReader {
                 }
             }
             let h = wire::decode_header(&self.head).map_err(ReadError::Decode)?;
+            self.header = Some(h);
+            self.payload_got = 0;
+            if self.splice_data && h.kind == FrameType::Data {
+                self.data_left = h.len as usize;
+                return Ok(Some(h));
+            }
             if self.payload.len() < h.len as usize {
                 self.payload.resize(h.len as usize, 0);
             }
-            self.header = Some(h);
-            self.payload_got = 0;
         }
         let h = self.header.expect("set above");
         let len = h.len as usize;
@@ -698,10 +791,24 @@ impl FrameReader {
         &self.payload[..len]
     }
 
+    /// Receive the rest of the DATA frame in hand into the buffer, as if
+    /// it had been read without splicing. Only before any of its payload
+    /// was taken from the socket.
+    fn buffer_data(&mut self) {
+        let len = self.header.map_or(0, |h| h.len as usize);
+        debug_assert_eq!(self.data_left, len);
+        self.splice_data = false;
+        self.data_left = 0;
+        if self.payload.len() < len {
+            self.payload.resize(len, 0);
+        }
+    }
+
     fn consume(&mut self) {
         self.header = None;
         self.head_got = 0;
         self.payload_got = 0;
+        self.skip += std::mem::take(&mut self.data_left);
     }
 }
 

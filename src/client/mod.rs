@@ -26,6 +26,7 @@ use crate::atomic_file::AtomicFile;
 use crate::cancel::{CancelState, Canceller};
 use crate::discard::{self, Discard, WaitGroup};
 use crate::error::{Error, Result};
+use crate::file_sink::FileSink;
 use crate::process::{self, WaitOutcome};
 use crate::sys;
 use crate::wire::{self, Frame, StatRecord};
@@ -474,7 +475,22 @@ impl Handle {
                 if let fastpath::Outcome::Refused = fast {
                     let (mut dst, _) =
                         LocalFile::from_fd(borrowed, true).map_err(|e| Error::local(&name, e))?;
-                    transfer::get(conn, ctx, &mut dst, remote, &name, &mut on_source)?;
+                    // An unnamed file takes the data with one copy (see
+                    // file_sink); a hidden name could be truncated by
+                    // another process while mapped.
+                    let mut sink = match file.is_hidden_file() {
+                        false => FileSink::new(borrowed, 0),
+                        true => None,
+                    };
+                    transfer::get(
+                        conn,
+                        ctx,
+                        &mut dst,
+                        sink.as_mut(),
+                        remote,
+                        &name,
+                        &mut on_source,
+                    )?;
                 }
                 Ok(())
             })();
@@ -495,7 +511,7 @@ impl Handle {
         self.run(|conn, ctx| {
             let name = format!("fd {}", fd.as_raw_fd());
             let (mut dst, _) = LocalFile::from_fd(fd, true).map_err(|e| Error::local(&name, e))?;
-            transfer::get(conn, ctx, &mut dst, remote, &name, &mut |_, _| {})
+            transfer::get(conn, ctx, &mut dst, None, remote, &name, &mut |_, _| {})
         })
     }
 

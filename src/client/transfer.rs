@@ -15,10 +15,11 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelState;
-use crate::client::conn::{Broken, Connection, Incoming};
+use crate::client::conn::{Broken, Connection, Incoming, SpliceFailed};
 use crate::client::events::{Events, Progress};
 use crate::client::local::{LocalFile, SigpipeGuard};
 use crate::error::Error;
+use crate::file_sink::FileSink;
 use crate::wire::{Frame, StatRecord, StreamChecksum, UNKNOWN_SIZE};
 
 /// What an operation needs from its handle besides the connection.
@@ -238,10 +239,31 @@ pub(crate) fn put(
 
 /// Download `remote` into `dst` with a GET stream. `on_source` receives the
 /// SOURCE_INFO (size, mode) before any data.
+///
+/// With a `sink` (an unnamed file barge created: see `file_sink`), DATA
+/// payloads go from the channel into the file by splice and are hashed
+/// through a mapping of the file; `dst` must then be that same file, and
+/// is not written directly.
 pub(crate) fn get(
     conn: &mut Connection,
     ctx: &mut OpCtx<'_>,
     dst: &mut LocalFile<'_>,
+    sink: Option<&mut FileSink>,
+    remote: &[u8],
+    local_name: &str,
+    on_source: &mut dyn FnMut(u64, u32),
+) -> Result<(), Error> {
+    conn.splice_data(sink.is_some());
+    let result = get_stream(conn, ctx, dst, sink, remote, local_name, on_source);
+    conn.splice_data(false);
+    result
+}
+
+fn get_stream(
+    conn: &mut Connection,
+    ctx: &mut OpCtx<'_>,
+    dst: &mut LocalFile<'_>,
+    mut sink: Option<&mut FileSink>,
     remote: &[u8],
     local_name: &str,
     on_source: &mut dyn FnMut(u64, u32),
@@ -287,8 +309,56 @@ pub(crate) fn get(
         }
         conn.flush()?;
 
+        // A spliced DATA frame in hand: move what the channel has of it.
+        if let (Some(done), Some(sink)) = (pending, sink.as_deref_mut()) {
+            if conn.data_in_channel() > 0 {
+                match conn.splice_data_into(sink, &mut sum) {
+                    // The channel refused splice: the frame comes again,
+                    // received into memory.
+                    Ok(Some(0)) => pending = None,
+                    Ok(Some(n)) if conn.data_in_channel() == 0 => {
+                        conn.consume();
+                        pending = None;
+                        progress.add((done + n) as u64, ctx.events);
+                    }
+                    Ok(Some(n)) => pending = Some(done + n),
+                    Ok(None) => {}
+                    Err(SpliceFailed::Channel(e)) => return Err(e),
+                    Err(SpliceFailed::File(e)) => {
+                        stopped = Some(Stopped::Local(Error::local(
+                            format!("write {local_name}"),
+                            e,
+                        )));
+                        deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                    }
+                }
+                if pending.is_none() || stopped.is_some() {
+                    // Progress callbacks may cancel: look again first.
+                    continue;
+                }
+            } else {
+                // Received into memory (the channel refused splice).
+                let data_len = conn.data().len();
+                match sink.write_bytes(&conn.data()[done..]) {
+                    Ok(()) => {
+                        conn.consume();
+                        pending = None;
+                        progress.add(data_len as u64, ctx.events);
+                    }
+                    Err(e) => {
+                        stopped = Some(Stopped::Local(Error::local(
+                            format!("write {local_name}"),
+                            e,
+                        )));
+                        deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                    }
+                }
+                continue;
+            }
+        }
+
         // Write out the DATA frame in hand.
-        if let Some(mut done) = pending {
+        if let (Some(mut done), None) = (pending, sink.as_deref()) {
             let data_len = conn.data().len();
             while done < data_len && dst_ready {
                 match dst.write(&conn.data()[done..], dst_ready) {
@@ -341,7 +411,10 @@ pub(crate) fn get(
                     if stopped.is_some() || stream_over {
                         conn.consume();
                     } else {
-                        sum.update(conn.data());
+                        // A spliced payload is hashed as it lands.
+                        if conn.data_in_channel() == 0 {
+                            sum.update(conn.data());
+                        }
                         pending = Some(0);
                     }
                 }
@@ -387,17 +460,19 @@ pub(crate) fn get(
         }
 
         // A DATA frame in hand and a destination ready for it: write now.
-        if pending.is_some() && dst_ready {
+        // A spliced one waits for the channel instead.
+        let splicing = pending.is_some() && conn.data_in_channel() > 0;
+        if pending.is_some() && dst_ready && !splicing {
             continue;
         }
         let local = match pending {
-            Some(_) => dst.poll_for(true),
-            None => None,
+            Some(_) if !splicing => dst.poll_for(true),
+            _ => None,
         };
         let ready = conn.wait(
             ctx.cancel,
             deadline.is_some(),
-            pending.is_none(),
+            pending.is_none() || splicing,
             local,
             deadline,
             ctx.events,

@@ -17,8 +17,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use crate::file_sink::{FileSink, SinkError};
 use crate::sys::{self, SplicePipe};
-use crate::wire::HEADER_LEN;
+use crate::wire::{StreamChecksum, HEADER_LEN};
 
 /// Look-ahead size. Small, so that bytes of a DATA payload read ahead with
 /// a header (and then copied) stay few.
@@ -202,6 +203,41 @@ impl<'fd> Channel<'fd> {
                 filled = buf.len();
                 self.start = 0;
                 self.end = n - want;
+            }
+        }
+        Ok(())
+    }
+
+    /// Move the payload of the frame whose header was just read into
+    /// `sink`, hashing it into `sum`: bytes read ahead with the header are
+    /// written from memory, the rest is spliced. `left` is the payload's
+    /// length, and on return what of it is still in the input: 0 when it
+    /// all moved; more when the input cannot be spliced from (`Ok`, and
+    /// the caller reads the rest with [`Self::read_payload`]) or a step
+    /// failed (`Err`).
+    pub fn splice_payload(
+        &mut self,
+        left: &mut usize,
+        sink: &mut FileSink,
+        sum: &mut StreamChecksum,
+    ) -> Result<(), SinkError> {
+        let buffered = (self.end - self.start).min(*left);
+        let ahead = &self.lookahead[self.start..self.start + buffered];
+        sink.write_bytes(ahead).map_err(SinkError::File)?;
+        sum.update(ahead);
+        self.consume(buffered);
+        *left -= buffered;
+        while *left > 0 {
+            match sink.splice_from(self.input.as_raw_fd(), left, sum) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut fds = [sys::pollfd(self.input.as_raw_fd(), libc::POLLIN)];
+                    sys::poll(&mut fds, None).map_err(SinkError::Source)?;
+                }
+                Err(SinkError::Source(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())

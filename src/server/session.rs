@@ -22,6 +22,7 @@ use super::fs::{self, DirStream};
 use super::resolve::{self, Resolver};
 use super::{Failure, ServeEnd, ServerOptions};
 use crate::atomic_file::AtomicFile;
+use crate::file_sink::{FileSink, SinkError};
 use crate::wire::{
     decode_frame, decode_header, dirent_fits_alone, encode_frame, encode_header, DirentsBuilder,
     Frame, FrameType, ResumeFrame, StreamChecksum, TreeFrame, HEADER_LEN, MAX_CHUNK, MAX_CONTROL,
@@ -199,6 +200,12 @@ pub(super) struct Session<'fd, 'o> {
     chunk: Vec<u8>,
     /// Encoded control frames on their way out.
     out: Vec<u8>,
+    /// Return DATA frames with their payload still in the input, for the
+    /// request to splice into its file (see `receive_data`).
+    leave_data_in_input: bool,
+    /// Payload bytes of the last DATA frame still in the input; skipped
+    /// before the next frame is read.
+    data_in_input: usize,
 }
 
 impl<'fd, 'o> Session<'fd, 'o> {
@@ -216,6 +223,8 @@ impl<'fd, 'o> Session<'fd, 'o> {
             // connection never touches cost nothing.
             chunk: vec![0; HEADER_LEN + MAX_CHUNK as usize],
             out: Vec::with_capacity(1024),
+            leave_data_in_input: false,
+            data_in_input: 0,
         }
     }
 
@@ -546,13 +555,68 @@ impl<'fd, 'o> Session<'fd, 'o> {
 
     fn put(&mut self, serial: u64, mode: u32, path: &[u8]) -> Result<(), ServeEnd> {
         let created = self.upload_file(path, mode);
-        let mut file = match created {
+        let file = match created {
             Ok(f) => f,
             Err(f) => {
                 let message = format!("open {}: {}", show(path), f.reason);
                 return self.refuse_upload(serial, f.errno, message);
             }
         };
+        // An unnamed file takes the data with one copy (see file_sink); a
+        // hidden name could be truncated by another process while mapped.
+        let mut sink = match file.is_hidden_file() {
+            false => FileSink::new(file.fd(), 0),
+            true => None,
+        };
+        self.leave_data_in_input = sink.is_some();
+        let result = self.put_stream(serial, path, file, sink.as_mut());
+        self.leave_data_in_input = false;
+        result
+    }
+
+    /// The payload of the DATA frame just read, `len` bytes: spliced from
+    /// the input into `sink`, or from the chunk buffer (or read into it
+    /// when the input cannot be spliced) into `file`. Hashed into `sum`.
+    fn receive_data(
+        &mut self,
+        len: usize,
+        file: &mut AtomicFile,
+        sink: Option<&mut FileSink>,
+        sum: &mut StreamChecksum,
+    ) -> Result<io::Result<()>, ServeEnd> {
+        let Some(sink) = sink else {
+            let bytes = &self.chunk[HEADER_LEN..HEADER_LEN + len];
+            sum.update(bytes);
+            return Ok(file.file().write_all(bytes));
+        };
+        debug_assert_eq!(self.data_in_input, len);
+        match self.chan.splice_payload(&mut self.data_in_input, sink, sum) {
+            Ok(()) => {}
+            Err(SinkError::File(e)) => return Ok(Err(e)),
+            Err(SinkError::Source(e)) => return Err(self.channel_lost(e)),
+        }
+        let left = std::mem::take(&mut self.data_in_input);
+        if left > 0 {
+            // The input refused splice: read the rest, and every later
+            // payload, the ordinary way.
+            self.leave_data_in_input = false;
+            let bytes = &mut self.chunk[HEADER_LEN..HEADER_LEN + left];
+            if let Err(e) = self.chan.read_payload(bytes) {
+                return Err(self.channel_lost(e));
+            }
+            sum.update(bytes);
+            return Ok(sink.write_bytes(bytes));
+        }
+        Ok(Ok(()))
+    }
+
+    fn put_stream(
+        &mut self,
+        serial: u64,
+        path: &[u8],
+        mut file: AtomicFile,
+        mut sink: Option<&mut FileSink>,
+    ) -> Result<(), ServeEnd> {
         let opts = self.opts;
         let faults = opts.fault.transfer_faults_for(path);
         let mut sum = StreamChecksum::new();
@@ -581,9 +645,9 @@ impl<'fd, 'o> Session<'fd, 'o> {
                         };
                         return self.refuse_upload(serial, errno, message);
                     }
-                    let bytes = &self.chunk[HEADER_LEN..HEADER_LEN + len];
-                    sum.update(bytes);
-                    if let Err(e) = file.file().write_all(bytes) {
+                    let written =
+                        self.receive_data(len, &mut file, sink.as_deref_mut(), &mut sum)?;
+                    if let Err(e) = written {
                         drop(file);
                         let f = Failure::from(e);
                         let message = format!("write {}: {}", show(path), f.reason);
@@ -870,6 +934,16 @@ impl<'fd, 'o> Session<'fd, 'o> {
 
     /// The next frame, or `None` at end of input on a frame boundary.
     fn next_incoming(&mut self) -> Result<Option<Incoming>, ServeEnd> {
+        while self.data_in_input > 0 {
+            let n = self.data_in_input.min(MAX_CHUNK as usize);
+            if let Err(e) = self
+                .chan
+                .read_payload(&mut self.chunk[HEADER_LEN..HEADER_LEN + n])
+            {
+                return Err(self.channel_lost(e));
+            }
+            self.data_in_input -= n;
+        }
         let Some(raw) = self.read_header()? else {
             return Ok(None);
         };
@@ -880,6 +954,10 @@ impl<'fd, 'o> Session<'fd, 'o> {
         let serial = header.serial;
         let len = header.len as usize;
         if header.kind == FrameType::Data {
+            if self.leave_data_in_input {
+                self.data_in_input = len;
+                return Ok(Some(Incoming::Data { serial, len }));
+            }
             if let Err(e) = self
                 .chan
                 .read_payload(&mut self.chunk[HEADER_LEN..HEADER_LEN + len])
