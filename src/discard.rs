@@ -22,6 +22,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{self, Sender};
 use std::sync::OnceLock;
 
+use crate::sys;
+
 pub(crate) use crossbeam_utils::sync::WaitGroup;
 
 /// Files smaller than this are closed in the caller's thread.
@@ -97,26 +99,11 @@ pub(crate) fn later(d: Discard, done: Option<&WaitGroup>) {
 /// started; files are then closed where they are handed over.
 fn start() -> Option<Worker> {
     let (tx, rx) = mpsc::channel::<Job>();
-    // A new thread inherits its creator's mask: block everything around
-    // the spawn, then restore ours.
-    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: both sets are valid for writing and reading.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-    }
-    let spawned = std::thread::Builder::new()
-        .name("barge-discard".into())
-        .spawn(move || {
-            for job in rx {
-                job.discard.finish();
-            }
-        });
-    // SAFETY: `old` was filled by the call above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    let spawned = sys::spawn_with_signals_blocked("barge-discard", move || {
+        for job in rx {
+            job.discard.finish();
+        }
+    });
     spawned.ok().map(|_| Worker {
         tx,
         pid: std::process::id(),

@@ -7,6 +7,11 @@
 //! each byte once in user space, to hash it, and copies it nowhere. With
 //! `recv` and `write` it would copy each byte twice and hash it once.
 //!
+//! The checksum covers what is in the file, so it also checks the write.
+//! It is computed in line, right after each write, while the pages are
+//! still in the cache. A thread of its own that hashed behind the writes
+//! made transfers 20 to 40% slower on two cores (bench/notes.md).
+//!
 //! Only for files that barge itself created unnamed (O_TMPFILE), so that
 //! only this process's own fd reaches them. A process that truncates a
 //! mapped file makes the next access to the lost pages raise SIGBUS, so a
@@ -47,8 +52,8 @@ pub(crate) enum SinkError {
     File(io::Error),
 }
 
-/// Receives a stream's payloads into a regular file at increasing offsets
-/// and hashes them as they land.
+/// Receives a stream's payloads into a regular file at increasing offsets,
+/// and computes the stream checksum of what it wrote.
 pub(crate) struct FileSink {
     /// A duplicate of the caller's fd: the mapping and the sink's life do
     /// not depend on how long the caller keeps its own.
@@ -58,16 +63,9 @@ pub(crate) struct FileSink {
     pipe: SplicePipe,
     /// The file refused splice: drain the pipe by read and pwrite.
     copy_into_file: bool,
-    window: Option<Window>,
-    /// The file refused a mapping: hash through `scratch`.
-    hash_by_read: bool,
-    scratch: Vec<u8>,
-}
-
-/// One mapped window of the file.
-struct Window {
-    start: u64,
-    ptr: *mut libc::c_void,
+    reader: FileReader,
+    /// The checksum of every byte written so far.
+    sum: StreamChecksum,
 }
 
 impl FileSink {
@@ -81,9 +79,8 @@ impl FileSink {
             offset,
             pipe: SplicePipe::new()?,
             copy_into_file: false,
-            window: None,
-            hash_by_read: false,
-            scratch: Vec::new(),
+            reader: FileReader::default(),
+            sum: StreamChecksum::new(),
         })
     }
 
@@ -93,16 +90,11 @@ impl FileSink {
         self.offset
     }
 
-    /// Move up to `*left` bytes from `src` into the file and into `sum`,
-    /// and take the bytes that left `src` off `*left`, whatever the
-    /// result. `Ok(false)` when `src` has no bytes now (it is
-    /// non-blocking, or the call would block).
-    pub fn splice_from(
-        &mut self,
-        src: RawFd,
-        left: &mut usize,
-        sum: &mut StreamChecksum,
-    ) -> Result<bool, SinkError> {
+    /// Move up to `*left` bytes from `src` into the file, and take the
+    /// bytes that left `src` off `*left`, whatever the result. `Ok(false)`
+    /// when `src` has no bytes now (it is non-blocking, or the call would
+    /// block).
+    pub fn splice_from(&mut self, src: RawFd, left: &mut usize) -> Result<bool, SinkError> {
         // SAFETY: splice between fds the caller and the sink hold; no
         // offsets (a socket or pipe has none, the pipe end neither).
         let moved = sys::nonblocking(|| unsafe {
@@ -124,22 +116,30 @@ impl FileSink {
         *left -= n;
         let start = self.offset;
         self.drain_pipe(n).map_err(SinkError::File)?;
-        self.hash(start, n, sum).map_err(SinkError::File)?;
+        self.reader
+            .hash(&self.file, start, n, &mut self.sum)
+            .map_err(SinkError::File)?;
         Ok(true)
     }
 
-    /// Write bytes that are already in memory, after those written so
-    /// far. The caller hashes them.
+    /// Write bytes that are already in memory after those written so far.
     pub fn write_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.pwrite_all(bytes)
+        self.pwrite_all(bytes)?;
+        self.sum.update(bytes);
+        Ok(())
+    }
+
+    /// The checksum of every byte written, in order.
+    pub fn checksum(&self) -> StreamChecksum {
+        self.sum.clone()
     }
 
     /// Move the `n` bytes in the pipe into the file.
     fn drain_pipe(&mut self, mut n: usize) -> io::Result<()> {
         while n > 0 && !self.copy_into_file {
             let mut off = self.offset as libc::loff_t;
-            // SAFETY: splice from our pipe into the borrowed file; `off` is
-            // a live loff_t the kernel advances.
+            // SAFETY: splice from our pipe into our file; `off` is a live
+            // loff_t the kernel advances.
             let r = unsafe {
                 libc::splice(
                     self.pipe.read.as_raw_fd(),
@@ -165,26 +165,20 @@ impl FileSink {
             }
         }
         // The filesystem takes no splice: copy the pipe's bytes.
+        let mut buf = vec![0u8; n.min(SCRATCH_LEN)];
         while n > 0 {
             let want = n.min(SCRATCH_LEN);
-            let mut buf = std::mem::take(&mut self.scratch);
-            buf.resize(want, 0);
-            let got = loop {
-                // SAFETY: reads into a live buffer of `want` bytes.
-                let r = unsafe {
-                    libc::read(self.pipe.read.as_raw_fd(), buf.as_mut_ptr().cast(), want)
-                };
-                if r >= 0 || sys::errno() != libc::EINTR {
-                    break r;
+            // SAFETY: reads into a live buffer of at least `want` bytes.
+            let r = unsafe { libc::read(self.pipe.read.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
+            match r {
+                r if r > 0 => {
+                    self.pwrite_all(&buf[..r as usize])?;
+                    n -= r as usize;
                 }
-            };
-            let result = match got {
-                r if r > 0 => self.pwrite_all(&buf[..r as usize]).map(|()| r as usize),
-                0 => Err(io::Error::from_raw_os_error(libc::EIO)),
-                _ => Err(io::Error::last_os_error()),
-            };
-            self.scratch = buf;
-            n -= result?;
+                0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+                _ if sys::errno() == libc::EINTR => {}
+                _ => return Err(io::Error::last_os_error()),
+            }
         }
         Ok(())
     }
@@ -214,16 +208,40 @@ impl FileSink {
         }
         Ok(())
     }
+}
 
-    /// Add the file's bytes `at..at + n`, just written, to `sum`.
-    fn hash(&mut self, mut at: u64, mut n: usize, sum: &mut StreamChecksum) -> io::Result<()> {
+/// Reads what was written back for the hash: through a mapped window of
+/// the file, or with `pread` where the file cannot be mapped.
+#[derive(Default)]
+struct FileReader {
+    window: Option<Window>,
+    /// The file refused a mapping: hash through `scratch`.
+    by_read: bool,
+    scratch: Vec<u8>,
+}
+
+/// One mapped window of the file.
+struct Window {
+    start: u64,
+    ptr: *mut libc::c_void,
+}
+
+impl FileReader {
+    /// Add the file's bytes `at..at + n`, already written, to `sum`.
+    fn hash(
+        &mut self,
+        file: &OwnedFd,
+        mut at: u64,
+        mut n: usize,
+        sum: &mut StreamChecksum,
+    ) -> io::Result<()> {
         while n > 0 {
-            if self.hash_by_read {
-                return self.hash_by_read(at, n, sum);
+            if self.by_read {
+                return self.hash_by_read(file, at, n, sum);
             }
             let start = at - at % WINDOW;
-            let Some(ptr) = self.window_at(start) else {
-                self.hash_by_read = true;
+            let Some(ptr) = self.window_at(file, start) else {
+                self.by_read = true;
                 continue;
             };
             let skip = (at - start) as usize;
@@ -232,8 +250,8 @@ impl FileSink {
             // `start`, and `at..at + take` lies inside it. Those bytes
             // were just written, so the file is at least that long, and
             // no other process can shorten it (the module notes say why),
-            // so reading them raises no SIGBUS. Nothing writes them while
-            // the slice lives.
+            // so reading them raises no SIGBUS. Nothing writes them again
+            // while the slice lives.
             let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>().add(skip), take) };
             sum.update(bytes);
             at += take as u64;
@@ -244,7 +262,7 @@ impl FileSink {
 
     /// The mapping of the window that starts at `start`, made if needed.
     /// `None` when the file cannot be mapped.
-    fn window_at(&mut self, start: u64) -> Option<*const libc::c_void> {
+    fn window_at(&mut self, file: &OwnedFd, start: u64) -> Option<*const libc::c_void> {
         if let Some(w) = &self.window {
             if w.start == start {
                 return Some(w.ptr);
@@ -259,7 +277,7 @@ impl FileSink {
                 WINDOW as usize,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
-                self.file.as_raw_fd(),
+                file.as_raw_fd(),
                 start as libc::off_t,
             )
         };
@@ -272,6 +290,7 @@ impl FileSink {
 
     fn hash_by_read(
         &mut self,
+        file: &OwnedFd,
         mut at: u64,
         mut n: usize,
         sum: &mut StreamChecksum,
@@ -282,7 +301,7 @@ impl FileSink {
             // SAFETY: reads into a live buffer of at least `want` bytes.
             let r = unsafe {
                 libc::pread(
-                    self.file.as_raw_fd(),
+                    file.as_raw_fd(),
                     self.scratch.as_mut_ptr().cast(),
                     want,
                     at as libc::off_t,
@@ -295,7 +314,7 @@ impl FileSink {
                 return Err(io::Error::last_os_error());
             }
             if r == 0 {
-                // Bytes just written are missing: the file was shortened.
+                // Bytes already written are missing: the file was shortened.
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             sum.update(&self.scratch[..r as usize]);
@@ -314,7 +333,7 @@ impl FileSink {
     }
 }
 
-impl Drop for FileSink {
+impl Drop for FileReader {
     fn drop(&mut self) {
         self.unmap();
     }
@@ -328,9 +347,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn bytes(len: usize, seed: u8) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-            .collect()
+        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
     }
 
     fn checksum_of(parts: &[&[u8]]) -> StreamChecksum {
@@ -347,13 +364,13 @@ mod tests {
     }
 
     /// Send `data` on a socket pair; splice all of it into `sink`.
-    fn splice_all(sink: &mut FileSink, data: &[u8], sum: &mut StreamChecksum) {
+    fn splice_all(sink: &mut FileSink, data: &[u8]) {
         let (mut tx, rx) = UnixStream::pair().unwrap();
         let owned = data.to_vec();
         let writer = std::thread::spawn(move || tx.write_all(&owned).unwrap());
         let mut left = data.len();
         while left > 0 {
-            if !sink.splice_from(rx.as_raw_fd(), &mut left, sum).unwrap() {
+            if !sink.splice_from(rx.as_raw_fd(), &mut left).unwrap() {
                 let mut fds = [sys::pollfd(rx.as_raw_fd(), libc::POLLIN)];
                 sys::poll(&mut fds, None).unwrap();
             }
@@ -372,16 +389,14 @@ mod tests {
     fn spliced_bytes_land_in_the_file_and_in_the_checksum() {
         let mut f = file();
         let data = bytes(3 << 20, 7);
-        let mut sum = StreamChecksum::new();
-        {
+        let sum = {
             let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
-            splice_all(&mut sink, &data, &mut sum);
+            splice_all(&mut sink, &data);
             assert_eq!(sink.offset(), data.len() as u64);
-            assert!(
-                !sink.copy_into_file && !sink.hash_by_read,
-                "took a fallback"
-            );
-        }
+            assert!(!sink.copy_into_file, "took the copying fallback");
+            assert!(!sink.reader.by_read, "took the reading fallback");
+            sink.checksum()
+        };
         assert_eq!(contents(&mut f), data);
         assert_eq!(sum.digest(), checksum_of(&[&data]).digest());
         assert_eq!(sum.len(), data.len() as u64);
@@ -391,15 +406,13 @@ mod tests {
     fn bytes_from_memory_and_from_the_channel_follow_each_other() {
         let mut f = file();
         let (a, b, c) = (bytes(100, 1), bytes(70_000, 2), bytes(5, 3));
-        let mut sum = StreamChecksum::new();
-        {
+        let sum = {
             let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
             sink.write_bytes(&a).unwrap();
-            sum.update(&a);
-            splice_all(&mut sink, &b, &mut sum);
+            splice_all(&mut sink, &b);
             sink.write_bytes(&c).unwrap();
-            sum.update(&c);
-        }
+            sink.checksum()
+        };
         assert_eq!(contents(&mut f), [&a[..], &b, &c].concat());
         assert_eq!(sum.digest(), checksum_of(&[&a, &b, &c]).digest());
     }
@@ -412,12 +425,12 @@ mod tests {
         let start = WINDOW - 1000;
         f.set_len(start).unwrap();
         let data = bytes(300_000, 9);
-        let mut sum = StreamChecksum::new();
-        {
+        let sum = {
             let mut sink = FileSink::new(f.as_fd(), start).unwrap();
-            splice_all(&mut sink, &data, &mut sum);
-            assert_eq!(sink.window.as_ref().map(|w| w.start), Some(WINDOW));
-        }
+            splice_all(&mut sink, &data);
+            assert_eq!(sink.reader.window.as_ref().map(|w| w.start), Some(WINDOW));
+            sink.checksum()
+        };
         assert_eq!(&contents(&mut f)[start as usize..], &data[..]);
         assert_eq!(sum.digest(), checksum_of(&[&data]).digest());
     }
@@ -428,12 +441,8 @@ mod tests {
         let (_tx, rx) = UnixStream::pair().unwrap();
         rx.set_nonblocking(true).unwrap();
         let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
-        let mut sum = StreamChecksum::new();
         let mut left = 4096;
-        assert!(matches!(
-            sink.splice_from(rx.as_raw_fd(), &mut left, &mut sum),
-            Ok(false)
-        ));
+        assert!(matches!(sink.splice_from(rx.as_raw_fd(), &mut left), Ok(false)));
         assert_eq!((sink.offset(), left), (0, 4096));
     }
 
@@ -443,8 +452,7 @@ mod tests {
         let (tx, rx) = UnixStream::pair().unwrap();
         drop(tx);
         let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
-        let mut sum = StreamChecksum::new();
-        match sink.splice_from(rx.as_raw_fd(), &mut 4096, &mut sum) {
+        match sink.splice_from(rx.as_raw_fd(), &mut 4096) {
             Err(SinkError::Source(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
             other => panic!("{other:?}"),
         }
@@ -456,9 +464,8 @@ mod tests {
         let f = file();
         let efd = nix::sys::eventfd::EventFd::from_value(1).unwrap();
         let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
-        let mut sum = StreamChecksum::new();
         let mut left = 4096;
-        match sink.splice_from(efd.as_fd().as_raw_fd(), &mut left, &mut sum) {
+        match sink.splice_from(efd.as_fd().as_raw_fd(), &mut left) {
             Err(SinkError::Source(e)) => assert_eq!(e.raw_os_error(), Some(libc::EINVAL)),
             other => panic!("{other:?}"),
         }
@@ -469,15 +476,15 @@ mod tests {
     fn the_copying_fallbacks_give_the_same_file_and_checksum() {
         let mut f = file();
         let data = bytes(200_000, 5);
-        let mut sum = StreamChecksum::new();
-        {
+        let sum = {
             let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
             // As when the filesystem refuses splice and mapping.
             sink.copy_into_file = true;
-            sink.hash_by_read = true;
-            splice_all(&mut sink, &data, &mut sum);
-            assert!(sink.window.is_none());
-        }
+            sink.reader.by_read = true;
+            splice_all(&mut sink, &data);
+            assert!(sink.reader.window.is_none());
+            sink.checksum()
+        };
         assert_eq!(contents(&mut f), data);
         assert_eq!(sum.digest(), checksum_of(&[&data]).digest());
     }
@@ -491,9 +498,8 @@ mod tests {
         let mut sink = FileSink::new(ro.as_fd(), 0).unwrap();
         let (mut tx, rx) = UnixStream::pair().unwrap();
         tx.write_all(b"abc").unwrap();
-        let mut sum = StreamChecksum::new();
         let mut left = 10;
-        match sink.splice_from(rx.as_raw_fd(), &mut left, &mut sum) {
+        match sink.splice_from(rx.as_raw_fd(), &mut left) {
             Err(SinkError::File(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADF)),
             other => panic!("{other:?}"),
         }

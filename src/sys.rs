@@ -238,3 +238,25 @@ pub fn nonblocking(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<Option
         }
     }
 }
+
+/// Start a thread with every signal blocked, so that no signal meant for
+/// the caller's threads is ever delivered to it. A new thread inherits its
+/// creator's mask: block everything around the spawn, then restore ours.
+pub(crate) fn spawn_with_signals_blocked<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid for writing and reading.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+    }
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    // SAFETY: `old` was filled by the call above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    spawned
+}

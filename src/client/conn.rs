@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::file_sink::{FileSink, SinkError};
 use crate::process::HelperProcess;
 use crate::sys;
-use crate::wire::{self, Frame, FrameType, Header, StatRecord, StreamChecksum, HEADER_LEN};
+use crate::wire::{self, Frame, FrameType, Header, StatRecord, HEADER_LEN};
 
 /// How many lines of the helper's stderr are kept for error messages.
 const STDERR_TAIL_LINES: usize = 8;
@@ -313,17 +313,16 @@ impl Connection {
     }
 
     /// Move payload bytes of the DATA frame in hand from the channel into
-    /// `sink`, which hashes them into `sum`. `Ok(None)` when the channel
+    /// `sink`. `Ok(None)` when the channel
     /// has none now. A channel that cannot be spliced turns splicing off:
     /// the frame is then received into the buffer, and read_frame returns
     /// it again, whole, as DATA (`Ok(Some(0))`).
     pub fn splice_data_into(
         &mut self,
         sink: &mut FileSink,
-        sum: &mut StreamChecksum,
     ) -> Result<Option<usize>, SpliceFailed> {
         let left = self.reader.data_left;
-        match sink.splice_from(self.channel.as_raw_fd(), &mut self.reader.data_left, sum) {
+        match sink.splice_from(self.channel.as_raw_fd(), &mut self.reader.data_left) {
             Ok(true) => Ok(Some(left - self.reader.data_left)),
             Ok(false) => Ok(None),
             Err(SinkError::File(e)) => Err(SpliceFailed::File(e)),

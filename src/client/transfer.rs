@@ -312,7 +312,7 @@ fn get_stream(
         // A spliced DATA frame in hand: move what the channel has of it.
         if let (Some(done), Some(sink)) = (pending, sink.as_deref_mut()) {
             if conn.data_in_channel() > 0 {
-                match conn.splice_data_into(sink, &mut sum) {
+                match conn.splice_data_into(sink) {
                     // The channel refused splice: the frame comes again,
                     // received into memory.
                     Ok(Some(0)) => pending = None,
@@ -411,8 +411,8 @@ fn get_stream(
                     if stopped.is_some() || stream_over {
                         conn.consume();
                     } else {
-                        // A spliced payload is hashed as it lands.
-                        if conn.data_in_channel() == 0 {
+                        // A sink hashes what it writes.
+                        if sink.is_none() {
                             sum.update(conn.data());
                         }
                         pending = Some(0);
@@ -420,6 +420,9 @@ fn get_stream(
                 }
                 Incoming::End { len, checksum } => {
                     stream_over = true;
+                    if let Some(sink) = sink.as_deref() {
+                        sum = sink.checksum();
+                    }
                     end_matched = sum.matches(len, checksum);
                 }
                 Incoming::Cancel => stream_over = true,

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::file_sink::{FileSink, SinkError};
 use crate::sys::{self, SplicePipe};
-use crate::wire::{StreamChecksum, HEADER_LEN};
+use crate::wire::HEADER_LEN;
 
 /// Look-ahead size. Small, so that bytes of a DATA payload read ahead with
 /// a header (and then copied) stay few.
@@ -41,6 +41,8 @@ pub(super) struct Channel<'fd> {
     /// The pipe payloads are spliced through: made at the first download,
     /// `Some(None)` when that failed.
     splice_pipe: Option<Option<SplicePipe>>,
+    /// Read headers without look-ahead (see [`Self::read_headers_only`]).
+    headers_only: bool,
 }
 
 impl<'fd> Channel<'fd> {
@@ -58,6 +60,7 @@ impl<'fd> Channel<'fd> {
             start: 0,
             end: 0,
             splice_pipe: None,
+            headers_only: false,
         }
     }
 
@@ -65,6 +68,12 @@ impl<'fd> Channel<'fd> {
     /// an input that is a Unix socket.
     pub fn receive_fds(&mut self) {
         self.receive_fds = true;
+    }
+
+    /// Read each header with no look-ahead (on), or with it (off): on
+    /// while DATA payloads are spliced from the input.
+    pub fn read_headers_only(&mut self, on: bool) {
+        self.headers_only = on;
     }
 
     pub fn input(&self) -> BorrowedFd<'fd> {
@@ -151,7 +160,13 @@ impl<'fd> Channel<'fd> {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let room = &mut self.lookahead[self.end..];
+            // While payloads are spliced, read no further than the
+            // header: bytes read ahead would be copied, and would leave the
+            // spliced rest off the file's page boundaries.
+            let room = match self.headers_only {
+                true => &mut self.lookahead[self.end..self.start + HEADER_LEN],
+                false => &mut self.lookahead[self.end..],
+            };
             let iov = [libc::iovec {
                 iov_base: room.as_mut_ptr().cast(),
                 iov_len: room.len(),
@@ -209,7 +224,7 @@ impl<'fd> Channel<'fd> {
     }
 
     /// Move the payload of the frame whose header was just read into
-    /// `sink`, hashing it into `sum`: bytes read ahead with the header are
+    /// `sink`: bytes read ahead with the header are
     /// written from memory, the rest is spliced. `left` is the payload's
     /// length, and on return what of it is still in the input: 0 when it
     /// all moved; more when the input cannot be spliced from (`Ok`, and
@@ -219,16 +234,14 @@ impl<'fd> Channel<'fd> {
         &mut self,
         left: &mut usize,
         sink: &mut FileSink,
-        sum: &mut StreamChecksum,
     ) -> Result<(), SinkError> {
         let buffered = (self.end - self.start).min(*left);
         let ahead = &self.lookahead[self.start..self.start + buffered];
         sink.write_bytes(ahead).map_err(SinkError::File)?;
-        sum.update(ahead);
         self.consume(buffered);
         *left -= buffered;
         while *left > 0 {
-            match sink.splice_from(self.input.as_raw_fd(), left, sum) {
+            match sink.splice_from(self.input.as_raw_fd(), left) {
                 Ok(true) => {}
                 Ok(false) => {
                     let mut fds = [sys::pollfd(self.input.as_raw_fd(), libc::POLLIN)];

@@ -569,14 +569,18 @@ impl<'fd, 'o> Session<'fd, 'o> {
             true => None,
         };
         self.leave_data_in_input = sink.is_some();
+        self.chan.read_headers_only(sink.is_some());
         let result = self.put_stream(serial, path, file, sink.as_mut());
         self.leave_data_in_input = false;
+        self.chan.read_headers_only(false);
         result
     }
 
     /// The payload of the DATA frame just read, `len` bytes: spliced from
-    /// the input into `sink`, or from the chunk buffer (or read into it
-    /// when the input cannot be spliced) into `file`. Hashed into `sum`.
+    /// the input into `sink`, which hashes what it writes, or written from
+    /// the chunk buffer into `file` and hashed into `sum`. When the input
+    /// cannot be spliced, the rest is read into the buffer and the sink
+    /// writes it from there.
     fn receive_data(
         &mut self,
         len: usize,
@@ -590,7 +594,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
             return Ok(file.file().write_all(bytes));
         };
         debug_assert_eq!(self.data_in_input, len);
-        match self.chan.splice_payload(&mut self.data_in_input, sink, sum) {
+        match self.chan.splice_payload(&mut self.data_in_input, sink) {
             Ok(()) => {}
             Err(SinkError::File(e)) => return Ok(Err(e)),
             Err(SinkError::Source(e)) => return Err(self.channel_lost(e)),
@@ -604,7 +608,6 @@ impl<'fd, 'o> Session<'fd, 'o> {
             if let Err(e) = self.chan.read_payload(bytes) {
                 return Err(self.channel_lost(e));
             }
-            sum.update(bytes);
             return Ok(sink.write_bytes(bytes));
         }
         Ok(Ok(()))
@@ -619,14 +622,16 @@ impl<'fd, 'o> Session<'fd, 'o> {
     ) -> Result<(), ServeEnd> {
         let opts = self.opts;
         let faults = opts.fault.transfer_faults_for(path);
+        // Without a sink: the checksum of what was received.
         let mut sum = StreamChecksum::new();
+        let mut received = 0u64;
         loop {
             let Some(incoming) = self.next_incoming()? else {
                 return Err(ServeEnd::ChannelLost);
             };
             match incoming {
                 Incoming::Data { serial: s, len } if s == serial => {
-                    if let Some(f) = fault::due(faults, sum.len()) {
+                    if let Some(f) = fault::due(faults, received) {
                         if matches!(f.action, FaultAction::Die | FaultAction::Stall) {
                             // Like a real death or hang: the file stays as
                             // it is (fire never returns for these).
@@ -645,6 +650,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
                         };
                         return self.refuse_upload(serial, errno, message);
                     }
+                    received += len as u64;
                     let written =
                         self.receive_data(len, &mut file, sink.as_deref_mut(), &mut sum)?;
                     if let Err(e) = written {
@@ -659,6 +665,9 @@ impl<'fd, 'o> Session<'fd, 'o> {
                     len,
                     checksum,
                 } if s == serial => {
+                    if let Some(sink) = sink.as_deref() {
+                        sum = sink.checksum();
+                    }
                     if !sum.matches(len, checksum) {
                         drop(file);
                         let message = format!(
