@@ -169,7 +169,8 @@ impl FileSink {
         while n > 0 {
             let want = n.min(SCRATCH_LEN);
             // SAFETY: reads into a live buffer of at least `want` bytes.
-            let r = unsafe { libc::read(self.pipe.read.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
+            let r =
+                unsafe { libc::read(self.pipe.read.as_raw_fd(), buf.as_mut_ptr().cast(), want) };
             match r {
                 r if r > 0 => {
                     self.pwrite_all(&buf[..r as usize])?;
@@ -347,7 +348,9 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn bytes(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
     }
 
     fn checksum_of(parts: &[&[u8]]) -> StreamChecksum {
@@ -442,7 +445,10 @@ mod tests {
         rx.set_nonblocking(true).unwrap();
         let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
         let mut left = 4096;
-        assert!(matches!(sink.splice_from(rx.as_raw_fd(), &mut left), Ok(false)));
+        assert!(matches!(
+            sink.splice_from(rx.as_raw_fd(), &mut left),
+            Ok(false)
+        ));
         assert_eq!((sink.offset(), left), (0, 4096));
     }
 

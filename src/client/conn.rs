@@ -317,10 +317,7 @@ impl Connection {
     /// has none now. A channel that cannot be spliced turns splicing off:
     /// the frame is then received into the buffer, and read_frame returns
     /// it again, whole, as DATA (`Ok(Some(0))`).
-    pub fn splice_data_into(
-        &mut self,
-        sink: &mut FileSink,
-    ) -> Result<Option<usize>, SpliceFailed> {
+    pub fn splice_data_into(&mut self, sink: &mut FileSink) -> Result<Option<usize>, SpliceFailed> {
         let left = self.reader.data_left;
         match sink.splice_from(self.channel.as_raw_fd(), &mut self.reader.data_left) {
             Ok(true) => Ok(Some(left - self.reader.data_left)),
@@ -908,5 +905,79 @@ mod tests {
         let payload = vec![9u8; 70_000];
         let (got, _) = send_frame(&payload, Some((r.as_raw_fd(), 0)));
         assert!(got == frame(&payload));
+    }
+
+    fn encoded(kind: FrameType, payload: &[u8], serial: u64) -> Vec<u8> {
+        let mut v = wire::encode_header(kind, payload.len() as u32, serial).to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn with_splicing_on_a_data_payload_stays_in_the_socket_until_taken() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        theirs
+            .write_all(&encoded(FrameType::Data, &payload, 3))
+            .unwrap();
+        theirs.write_all(&encoded(FrameType::Ok, &[], 3)).unwrap();
+        let mut reader = FrameReader {
+            splice_data: true,
+            ..FrameReader::default()
+        };
+        let h = reader.fill(ours.as_raw_fd()).ok().flatten().unwrap();
+        assert_eq!((h.kind, h.len as usize), (FrameType::Data, payload.len()));
+        // Nothing of the payload was received into memory.
+        assert_eq!((reader.data_left, reader.payload.len()), (payload.len(), 0));
+        let f = tempfile::tempfile().unwrap();
+        let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
+        while reader.data_left > 0 {
+            sink.splice_from(ours.as_raw_fd(), &mut reader.data_left)
+                .unwrap();
+        }
+        reader.consume();
+        let mut expected = wire::StreamChecksum::new();
+        expected.update(&payload);
+        assert_eq!(sink.checksum().digest(), expected.digest());
+        let mut written = Vec::new();
+        std::io::Seek::rewind(&mut &f).unwrap();
+        (&f).read_to_end(&mut written).unwrap();
+        assert_eq!(written, payload);
+        // The next frame follows on.
+        let h = reader.fill(ours.as_raw_fd()).ok().flatten().unwrap();
+        assert_eq!(h.kind, FrameType::Ok);
+    }
+
+    #[test]
+    fn the_rest_of_a_spliced_payload_is_skipped_when_the_frame_is_consumed() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let payload = vec![7u8; 100_000];
+        theirs
+            .write_all(&encoded(FrameType::Data, &payload, 3))
+            .unwrap();
+        theirs
+            .write_all(&encoded(FrameType::Cancel, &[], 3))
+            .unwrap();
+        let mut reader = FrameReader {
+            splice_data: true,
+            ..FrameReader::default()
+        };
+        reader.fill(ours.as_raw_fd()).ok().flatten().unwrap();
+        // Take a little of it, then give the frame up (a cancel, a full
+        // disk): the reader skips the rest and finds the next header.
+        let f = tempfile::tempfile().unwrap();
+        let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
+        let mut some = 1000;
+        sink.splice_from(ours.as_raw_fd(), &mut some).unwrap();
+        reader.data_left -= 1000 - some;
+        reader.consume();
+        let h = loop {
+            if let Some(h) = reader.fill(ours.as_raw_fd()).ok().flatten() {
+                break h;
+            }
+        };
+        assert_eq!(h.kind, FrameType::Cancel);
     }
 }

@@ -557,4 +557,38 @@ mod tests {
         back.read_to_end(&mut written).unwrap();
         assert!(written == [frame(&data), frame(&data)].concat());
     }
+
+    /// A channel reading from one end of a socketpair that holds `bytes`.
+    fn spliced_payload(bytes: Vec<u8>, len: usize, headers_only: bool) -> (Vec<u8>, u64, usize) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || theirs.write_all(&bytes).unwrap());
+        let mut chan = Channel::new(ours.as_fd(), ours.as_fd());
+        chan.read_headers_only(headers_only);
+        chan.read_header().unwrap().unwrap();
+        let ahead = chan.end - chan.start;
+        let mut f = tempfile::tempfile().unwrap();
+        let mut sink = FileSink::new(f.as_fd(), 0).unwrap();
+        let mut left = len;
+        chan.splice_payload(&mut left, &mut sink).unwrap();
+        assert_eq!(left, 0);
+        writer.join().unwrap();
+        let mut got = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut got).unwrap();
+        (got, sink.checksum().digest(), ahead)
+    }
+
+    #[test]
+    fn a_spliced_payload_lands_whole_with_or_without_bytes_read_ahead() {
+        let (_, data) = data_file(300_000);
+        let mut sum = crate::wire::StreamChecksum::new();
+        sum.update(&data);
+        for headers_only in [false, true] {
+            let (got, digest, ahead) = spliced_payload(frame(&data), data.len(), headers_only);
+            assert_eq!(got, data);
+            assert_eq!(digest, sum.digest());
+            // Reading headers only leaves every payload byte to splice.
+            assert_eq!(ahead == 0, headers_only, "read ahead {ahead} bytes");
+        }
+    }
 }
