@@ -26,8 +26,10 @@
 //! cannot be spliced is the caller's to handle (see [`SinkError::Source`]),
 //! since the bytes are still in it.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::FileExt;
 
 use crate::sys::{self, SplicePipe};
 use crate::wire::StreamChecksum;
@@ -59,7 +61,7 @@ pub(crate) enum SinkError {
 pub(crate) struct FileSink {
     /// A duplicate of the caller's fd: the mapping and the sink's life do
     /// not depend on how long the caller keeps its own.
-    file: OwnedFd,
+    file: File,
     /// Where the next byte goes.
     offset: u64,
     pipe: SplicePipe,
@@ -77,7 +79,7 @@ impl FileSink {
     /// receives the copying way.
     pub fn new(file: BorrowedFd<'_>, offset: u64) -> Option<FileSink> {
         Some(FileSink {
-            file: file.try_clone_to_owned().ok()?,
+            file: File::from(file.try_clone_to_owned().ok()?),
             offset,
             pipe: SplicePipe::new()?,
             copy_into_file: false,
@@ -186,29 +188,9 @@ impl FileSink {
         Ok(())
     }
 
-    fn pwrite_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            // SAFETY: writes from a live slice of the given length.
-            let r = unsafe {
-                libc::pwrite(
-                    self.file.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    self.offset as libc::off_t,
-                )
-            };
-            if r < 0 {
-                if sys::errno() == libc::EINTR {
-                    continue;
-                }
-                return Err(io::Error::last_os_error());
-            }
-            if r == 0 {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            self.offset += r as u64;
-            bytes = &bytes[r as usize..];
-        }
+    fn pwrite_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.offset)?;
+        self.offset += bytes.len() as u64;
         Ok(())
     }
 }
@@ -233,7 +215,7 @@ impl FileReader {
     /// Add the file's bytes `at..at + n`, already written, to `sum`.
     fn hash(
         &mut self,
-        file: &OwnedFd,
+        file: &File,
         mut at: u64,
         mut n: usize,
         sum: &mut StreamChecksum,
@@ -265,7 +247,7 @@ impl FileReader {
 
     /// The mapping of the window that starts at `start`, made if needed.
     /// `None` when the file cannot be mapped.
-    fn window_at(&mut self, file: &OwnedFd, start: u64) -> Option<*const libc::c_void> {
+    fn window_at(&mut self, file: &File, start: u64) -> Option<*const libc::c_void> {
         if let Some(w) = &self.window {
             if w.start == start {
                 return Some(w.ptr);
@@ -293,7 +275,7 @@ impl FileReader {
 
     fn hash_by_read(
         &mut self,
-        file: &OwnedFd,
+        file: &File,
         mut at: u64,
         mut n: usize,
         sum: &mut StreamChecksum,
@@ -301,28 +283,12 @@ impl FileReader {
         self.scratch.resize(SCRATCH_LEN, 0);
         while n > 0 {
             let want = n.min(SCRATCH_LEN);
-            // SAFETY: reads into a live buffer of at least `want` bytes.
-            let r = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    self.scratch.as_mut_ptr().cast(),
-                    want,
-                    at as libc::off_t,
-                )
-            };
-            if r < 0 {
-                if sys::errno() == libc::EINTR {
-                    continue;
-                }
-                return Err(io::Error::last_os_error());
-            }
-            if r == 0 {
-                // Bytes already written are missing: the file was shortened.
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            sum.update(&self.scratch[..r as usize]);
-            at += r as u64;
-            n -= r as usize;
+            // Bytes already written that are missing (the file was
+            // shortened) are an error, not the end.
+            file.read_exact_at(&mut self.scratch[..want], at)?;
+            sum.update(&self.scratch[..want]);
+            at += want as u64;
+            n -= want;
         }
         Ok(())
     }

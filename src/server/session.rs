@@ -604,6 +604,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
             // The input refused splice: read the rest, and every later
             // payload, the ordinary way.
             self.leave_data_in_input = false;
+            self.chan.read_headers_only(false);
             let bytes = &mut self.chunk[HEADER_LEN..HEADER_LEN + left];
             if let Err(e) = self.chan.read_payload(bytes) {
                 return Err(self.channel_lost(e));
