@@ -7,7 +7,7 @@
 //!   Flags after `--`: `--quick` (small sizes, few runs), `--dir DIR`
 //!   (scratch directory, default `/tmp/barge-bench`), `--out FILE`
 //!   (default `BENCHMARKS.md` in the source tree), `--only a,b` (groups:
-//!   file, launch, cancel, memory, many, checksum, receive, tree).
+//!   file, launch, cancel, memory, many, checksum, tree).
 //! - `cargo test` runs this file as a test binary without `--bench`: a smoke
 //!   run of every group at tiny sizes in a temporary directory, which fails
 //!   on any failed command or wrong output and writes nothing to the tree.
@@ -683,14 +683,13 @@ fn run(plan: &Plan) -> Result<(), String> {
     let mut verdicts: Vec<Verdict> = Vec::new();
 
     type Group = fn(&Plan, &mut String, &mut Vec<Verdict>) -> Result<(), String>;
-    let groups: [(&str, Group); 8] = [
+    let groups: [(&str, Group); 7] = [
         ("file", file_groups),
         ("launch", launch_group),
         ("cancel", cancel_group),
         ("memory", memory_group),
         ("many", many_group),
         ("checksum", checksum_group),
-        ("receive", receive_group),
         ("tree", tree_group),
     ];
     // A group that fails is reported in the document and fails the run,
@@ -873,6 +872,11 @@ fn file_groups(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> R
         ),
         lib_bench("library download", &src, &dst, false, true),
         lib_bench("library download, stream path", &src, &dst, false, false),
+        lib_fd_download(
+            "library download into an fd, stream path (recv + write)",
+            &src,
+            &dst,
+        ),
         ext_bench(
             "sftp -D get",
             sftp(format!("get {} {}\n", s(&src), s(&dst))),
@@ -880,7 +884,9 @@ fn file_groups(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> R
         ),
     ];
     if plan.smoke {
-        down.truncate(3);
+        // The CLI's rows and the copying receiver's, which no other group
+        // runs.
+        down.retain(|b| b.name == "cp" || b.name.starts_with("barge") || b.name.contains("fd"));
     }
     eprintln!("bench: download, {size_label}");
     let timed = alternate(plan, down, &mut check_dst(dst.clone()))?;
@@ -943,6 +949,33 @@ fn lib_bench(name: &str, src: &Path, dst: &Path, upload: bool, fast: bool) -> Be
                 h.download(&src, &dst)
             };
             r.map_err(|e| format!("{verb}: {e}"))?;
+            h.shutdown().map_err(|e| format!("shutdown: {e}"))
+        }),
+    }
+}
+
+/// A stream-path download into a file the caller opened: the client
+/// receives it the copying way (`recv`, then `write`), where a path gets
+/// the one-copy receiver. The pair shows what the one copy saves, in the
+/// real pipeline.
+fn lib_fd_download(name: &str, src: &Path, dst: &Path) -> Bench {
+    let src = src.to_path_buf();
+    let dst = dst.to_path_buf();
+    Bench {
+        name: name.into(),
+        shown: "in-process: Handle::new(); h.set_fast_path(false); fd = open(DST, O_WRONLY|O_CREAT|O_EXCL); h.download_fd(SRC, fd); h.shutdown()".into(),
+        prepare: remover_box(&dst),
+        run: Box::new(move || {
+            use std::os::fd::AsFd;
+            let mut h = handle()?;
+            set_fast(&mut h, false);
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&dst)
+                .map_err(|e| format!("{}: {e}", dst.display()))?;
+            h.download_fd(&src, f.as_fd())
+                .map_err(|e| format!("download_fd: {e}"))?;
             h.shutdown().map_err(|e| format!("shutdown: {e}"))
         }),
     }
@@ -1461,247 +1494,6 @@ fn many_group(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> Re
     Ok(())
 }
 
-// ---------------------------------------------------------------- receive
-
-/// How a receiver takes a stream into a file.
-#[derive(Clone, Copy)]
-enum Receive {
-    /// barge's way: recv into a buffer, checksum it, write it.
-    RecvWrite,
-    /// splice socket -> pipe -> file (no copy through user space), then
-    /// checksum the chunk through a mapping of the file made per chunk.
-    SpliceMapChunk,
-    /// The same with one mapping of the whole file, made up front.
-    SpliceMapWhole,
-}
-
-/// One stream of `total` bytes over a socketpair, sent by a thread from
-/// memory in `chunk`-byte sends, taken by this thread into an anonymous
-/// file in `dir` as `how` says. Returns the receiving thread's CPU time.
-fn receive_once(dir: &Path, total: u64, chunk: usize, how: Receive) -> Result<f64, String> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (tx, rx) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
-    let payload: Vec<u8> = (0..chunk).map(|i| (i * 31 + i / 7) as u8).collect();
-    let mut want = barge::wire::StreamChecksum::new();
-    for _ in 0..total / chunk as u64 {
-        want.update(&payload);
-    }
-    let sender = std::thread::spawn(move || {
-        let mut tx = tx;
-        for _ in 0..total / chunk as u64 {
-            std::io::Write::write_all(&mut tx, &payload)?;
-        }
-        Ok::<(), std::io::Error>(())
-    });
-    let out = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .open(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (sock, file) = (rx.as_raw_fd(), out.as_raw_fd());
-    let mut sum = barge::wire::StreamChecksum::new();
-    let cpu = || {
-        // SAFETY: a zeroed timespec is valid; clock_gettime writes it.
-        let t = unsafe {
-            let mut t: libc::timespec = std::mem::zeroed();
-            libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
-            t
-        };
-        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-    };
-    let start = cpu();
-    let mut got: u64 = 0;
-    match how {
-        Receive::RecvWrite => {
-            let mut buf = vec![0u8; chunk];
-            while got < total {
-                let n = std::io::Read::read(&mut &rx, &mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                sum.update(&buf[..n]);
-                (&out).write_all(&buf[..n]).map_err(|e| e.to_string())?;
-                got += n as u64;
-            }
-        }
-        Receive::SpliceMapChunk | Receive::SpliceMapWhole => {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 writes two fds into the array, owned below.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-                return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
-            }
-            // SAFETY: two new fds owned by nobody else.
-            let owned = unsafe {
-                use std::os::fd::FromRawFd;
-                (
-                    std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-                    std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-                )
-            };
-            // As the library's pipes: room for a whole chunk.
-            // SAFETY: fcntl on a pipe we own.
-            unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 1 << 20) };
-            let pipe = (owned.0.as_raw_fd(), owned.1.as_raw_fd());
-            out.set_len(total).map_err(|e| e.to_string())?;
-            let whole = matches!(how, Receive::SpliceMapWhole).then(|| {
-                // SAFETY: a read-only mapping of our own file, `total`
-                // bytes long (set_len above), unmapped below.
-                unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        total as usize,
-                        libc::PROT_READ,
-                        libc::MAP_SHARED,
-                        file,
-                        0,
-                    )
-                }
-            });
-            while got < total {
-                // SAFETY: splice between fds we hold.
-                let n = unsafe {
-                    libc::splice(
-                        sock,
-                        std::ptr::null_mut(),
-                        pipe.1,
-                        std::ptr::null_mut(),
-                        chunk,
-                        0,
-                    )
-                };
-                if n <= 0 {
-                    return Err(format!(
-                        "splice from the socket: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                let mut moved = 0;
-                while moved < n {
-                    let mut off = (got + moved as u64) as libc::loff_t;
-                    // SAFETY: splice between fds we hold; `off` is live.
-                    let m = unsafe {
-                        libc::splice(
-                            pipe.0,
-                            std::ptr::null_mut(),
-                            file,
-                            &mut off,
-                            (n - moved) as usize,
-                            0,
-                        )
-                    };
-                    if m <= 0 {
-                        return Err(format!(
-                            "splice to the file: {}",
-                            std::io::Error::last_os_error()
-                        ));
-                    }
-                    moved += m;
-                }
-                let n = n as u64;
-                match whole {
-                    // SAFETY: got + n <= total, inside the mapping.
-                    Some(base) => sum.update(unsafe {
-                        std::slice::from_raw_parts(base.cast::<u8>().add(got as usize), n as usize)
-                    }),
-                    None => {
-                        let at = got & !4095;
-                        let len = (got + n - at) as usize;
-                        // SAFETY: a read-only mapping of bytes just written,
-                        // read and unmapped here.
-                        unsafe {
-                            let p = libc::mmap(
-                                std::ptr::null_mut(),
-                                len,
-                                libc::PROT_READ,
-                                libc::MAP_SHARED,
-                                file,
-                                at as libc::off_t,
-                            );
-                            if p == libc::MAP_FAILED {
-                                return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-                            }
-                            sum.update(std::slice::from_raw_parts(
-                                p.cast::<u8>().add((got - at) as usize),
-                                n as usize,
-                            ));
-                            libc::munmap(p, len);
-                        }
-                    }
-                }
-                got += n;
-            }
-            if let Some(base) = whole {
-                // SAFETY: the mapping made above.
-                unsafe { libc::munmap(base, total as usize) };
-            }
-        }
-    }
-    let took = cpu() - start;
-    sender
-        .join()
-        .map_err(|_| "sender panicked".to_string())?
-        .map_err(|e| e.to_string())?;
-    if got != total || !sum.matches(total, want.digest()) {
-        return Err(format!(
-            "received {got} of {total} bytes, or a wrong checksum"
-        ));
-    }
-    Ok(took)
-}
-
-fn receive_group(plan: &Plan, body: &mut String, _: &mut Vec<Verdict>) -> Result<(), String> {
-    eprintln!("bench: receive");
-    let chunk = barge::wire::DEFAULT_CHUNK as usize;
-    let ways = [
-        ("recv, checksum, write (barge)", Receive::RecvWrite),
-        (
-            "splice to the file, checksum through a mapping per chunk",
-            Receive::SpliceMapChunk,
-        ),
-        (
-            "splice to the file, checksum through one mapping",
-            Receive::SpliceMapWhole,
-        ),
-    ];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
-    for round in 0..plan.warmup + plan.runs {
-        for (i, (_, how)) in ways.iter().enumerate() {
-            let t = receive_once(&plan.dir, plan.file_size, chunk, *how)?;
-            if round >= plan.warmup {
-                cpu[i].push(t);
-            }
-        }
-        eprint!(".");
-    }
-    eprintln!();
-    let _ = writeln!(
-        body,
-        "## The receiving side: one copy or two
-
-The stream path's receiver copies twice: `recv` into a buffer, then `write` into the page cache. splice(2) could move the bytes from the socket into the file with one copy, but the checksum must then read them back from the file. This group measures the receiving thread's CPU time for {} arriving over a socketpair in {} KiB sends, taken into an unnamed file in the scratch directory each way, alternating; every way must end with the right checksum.
-
-| receiver | CPU s, median | ratio to barge's, median of rounds | min–max |
-|---|---:|---:|---:|",
-        human(plan.file_size),
-        chunk / 1024
-    );
-    for (i, (name, _)) in ways.iter().enumerate() {
-        let paired: Vec<f64> = cpu[i].iter().zip(&cpu[0]).map(|(a, b)| a / b).collect();
-        let _ = writeln!(
-            body,
-            "| {name} | {:.3} | **{:.2}** | {:.2}–{:.2} |",
-            median(&cpu[i]),
-            median(&paired),
-            min(&paired),
-            max(&paired)
-        );
-    }
-    let _ = writeln!(body);
-    Ok(())
-}
-
 // ---------------------------------------------------------------- checksum
 
 fn checksum_group(
@@ -1731,7 +1523,7 @@ fn checksum_group(
     let per_side = plan.file_size as f64 / rate;
     let _ = writeln!(
         body,
-        "## Cost of the checksum\n\nCRC-64/NVME over {} KiB chunks in the cache, as the stream path hashes each chunk it has just read: median {:.1} GiB/s on one core, so {:.1} ms per side for {}.\n",
+        "## Cost of the checksum\n\nCRC-64/NVME over {} KiB chunks in the cache, as the sender hashes each chunk it has just read: median {:.1} GiB/s on one core, so {:.1} ms for {}. The receiver hashes what it wrote, read back through a mapping of the file, more slowly; the rows below measure what the checksum costs the whole transfer.\n",
         chunk / 1024,
         rate / GIB as f64,
         per_side * 1e3,
@@ -1790,47 +1582,39 @@ fn checksum_group(
     );
     ratio_table(body, &timed);
     commands_list(body, &timed);
-    // Per round: (with - without) / with, of the two runs of that round.
+    // Per round: (with - without) / with, of the two runs of that round,
+    // and (with - without) in ms per GiB.
+    let gib = plan.file_size as f64 / GIB as f64;
     let mut costs = Vec::new();
-    // The receiver must hash every byte it takes, and it is the slower end
-    // of the pipeline, so its hash adds to the transfer's time at least
-    // what the hash alone takes at the speed measured above.
-    let mut floors = Vec::new();
     for pair in timed[1..].chunks(2) {
-        floors.push((pair[0].name.clone(), per_side / median(&pair[0].secs)));
-        let per_round: Vec<f64> = pair[0]
-            .secs
-            .iter()
-            .zip(&pair[1].secs)
-            .map(|(with, without)| (with - without) / with)
-            .collect();
+        let rounds = pair[0].secs.iter().zip(&pair[1].secs);
+        let share: Vec<f64> = rounds.clone().map(|(w, wo)| (w - wo) / w).collect();
+        let ms_per_gib: Vec<f64> = rounds.map(|(w, wo)| (w - wo) * 1e3 / gib).collect();
         let of_medians = (median(&pair[0].secs) - median(&pair[1].secs)) / median(&pair[0].secs);
-        costs.push((pair[0].name.clone(), median(&per_round), of_medians));
+        costs.push((
+            pair[0].name.clone(),
+            median(&share),
+            of_medians,
+            median(&ms_per_gib),
+        ));
     }
     let _ = writeln!(body);
-    for (name, cost, of_medians) in &costs {
+    for (name, share, of_medians, ms) in &costs {
         let _ = writeln!(
             body,
-            "- {name}: the checksum is **{:.1}%** of the time (median over rounds of (with − without) / with; from the two medians: {:.1}%)",
-            cost * 100.0,
+            "- {name}: the checksum is **{:.1}%** of the time (median over rounds of (with − without) / with; from the two medians: {:.1}%), **{ms:.0} ms per GiB**",
+            share * 100.0,
             of_medians * 100.0
-        );
-    }
-    for (name, floor) in &floors {
-        let _ = writeln!(
-            body,
-            "- {name}: the hash alone, at its speed on a cache-hot chunk ({:.1} ms), is {:.1}% of the median time; the receiver runs it on the pipeline's slower side, so this is about the least the checksum can cost",
-            per_side * 1e3,
-            floor * 100.0
         );
     }
     body.push('\n');
     let worst = costs.iter().map(|c| c.1).fold(f64::NEG_INFINITY, f64::max);
+    let worst_ms = costs.iter().map(|c| c.3).fold(f64::NEG_INFINITY, f64::max);
     verdicts.push(Verdict {
         target: "checksum cost (stream path)",
         bound: "≤ 5% of the transfer".into(),
         measured: format!(
-            "{:.1}% (worst of put and get; CRC-64 at {:.1} GiB/s)",
+            "{:.1}%, {worst_ms:.0} ms per GiB (worst of put and get; CRC-64 at {:.1} GiB/s)",
             worst * 100.0,
             rate / GIB as f64
         ),
