@@ -886,7 +886,9 @@ fn file_groups(plan: &Plan, body: &mut String, verdicts: &mut Vec<Verdict>) -> R
     if plan.smoke {
         // The CLI's rows and the copying receiver's, which no other group
         // runs.
-        down.retain(|b| b.name == "cp" || b.name.starts_with("barge") || b.name.contains("fd"));
+        down.retain(|b| {
+            b.name == "cp" || b.name.starts_with("barge") || b.name.contains("into an fd")
+        });
     }
     eprintln!("bench: download, {size_label}");
     let timed = alternate(plan, down, &mut check_dst(dst.clone()))?;
