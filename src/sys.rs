@@ -189,9 +189,10 @@ impl SplicePipe {
     /// `None` when no pipe can be made; callers then write from memory.
     pub fn new() -> Option<SplicePipe> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
-        // Room for a whole 1 MiB chunk, so one splice in and one out
-        // usually move a payload; the default 64 KiB works, with more
-        // calls, where the limit (/proc/sys/fs/pipe-max-size) is lower.
+        // 1 MiB: room for a whole payload of the default 256 KiB chunk
+        // (and of any chunk up to 1 MiB), so one splice in and one out
+        // usually move it; the default 64 KiB works, with more calls,
+        // where the limit (/proc/sys/fs/pipe-max-size) is lower.
         // SAFETY: fcntl on a pipe we own; no pointers.
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         Some(SplicePipe { read, write })
