@@ -11,7 +11,8 @@
 //!
 //! Regular files are written through [`AtomicFile`]: a file appears under
 //! its name only when complete and verified, and an abandoned one leaves
-//! nothing behind.
+//! nothing behind. An abandoned file's fd is handed to `discard`, so a
+//! cancel does not wait while the pages of a large one are freed.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -19,6 +20,7 @@ use std::io::{self, Read, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::atomic_file::AtomicFile;
+use crate::discard::{self, Discard, WaitGroup};
 use crate::sys::{self, cvt, fstat};
 use crate::wire::{
     encode_frame, encode_header, EntryMeta, Frame, FrameType, StreamChecksum, TreeFrame,
@@ -674,6 +676,15 @@ impl NewFile {
             NewFile::Atomic(a) => a.file(),
         }
     }
+
+    /// Give up on the file: it never gets its name (a hidden one is
+    /// unlinked), and what is left is its fd, whose close frees the data.
+    fn abandon(self) -> OwnedFd {
+        match self {
+            NewFile::Anonymous(f) => f.into(),
+            NewFile::Atomic(a) => a.abandon(),
+        }
+    }
 }
 
 /// Give the anonymous file `file` the name `name` in `dir`: linked
@@ -779,13 +790,21 @@ pub(crate) struct TreeWriter {
     /// after everything inside them was written.
     dirs: Vec<(Vec<u8>, EntryMeta, bool)>,
     receiving: Receiving,
+    /// Held by each abandoned file until the discard thread has closed it
+    /// (the client's handle waits on it when it closes).
+    discards: Option<WaitGroup>,
     /// Files committed and bytes received so far.
     pub files_done: u64,
     pub bytes_done: u64,
 }
 
 impl TreeWriter {
-    pub fn new(base: OwnedFd, preserve: bool, umask: u32) -> TreeWriter {
+    pub fn new(
+        base: OwnedFd,
+        preserve: bool,
+        umask: u32,
+        discards: Option<&WaitGroup>,
+    ) -> TreeWriter {
         TreeWriter {
             base,
             preserve,
@@ -793,8 +812,22 @@ impl TreeWriter {
             cache: DirCache::new(),
             dirs: Vec::new(),
             receiving: Receiving::None,
+            discards: discards.cloned(),
             files_done: 0,
             bytes_done: 0,
+        }
+    }
+
+    /// Let go of an unfinished file: closed on the discard thread once it
+    /// holds enough data for its close to take time (see `discard`).
+    fn let_go(&self, file: NewFile) {
+        discard::later(Discard::Close(file.abandon()), self.discards.as_ref());
+    }
+
+    /// Stop receiving the file in flight, if any, and enter `next`.
+    fn stop_receiving(&mut self, next: Receiving) {
+        if let Receiving::File(f) = std::mem::replace(&mut self.receiving, next) {
+            self.let_go(f.file);
         }
     }
 
@@ -1017,7 +1050,7 @@ impl TreeWriter {
             f.sum.update(bytes);
             if let Err(e) = f.file.file().write_all(bytes) {
                 let err = EntryError::io("write", &f.rel, &e);
-                self.receiving = Receiving::Discarding;
+                self.stop_receiving(Receiving::Discarding);
                 return Err(err);
             }
             self.bytes_done += bytes.len() as u64;
@@ -1036,6 +1069,7 @@ impl TreeWriter {
                     sum,
                 } = *f;
                 if !sum.matches(len, checksum) {
+                    self.let_go(file);
                     return Err(EntryError::new("checksum of", &rel, libc::EBADMSG));
                 }
                 self.commit(file, &rel, &meta)
@@ -1047,7 +1081,7 @@ impl TreeWriter {
     /// The sender gave up the FILE in flight (SKIP), or the tree stopped:
     /// drop its data.
     pub fn abandon_file(&mut self) {
-        self.receiving = Receiving::None;
+        self.stop_receiving(Receiving::None);
     }
 
     /// Give the directories made or merged their mode and mtime, innermost
@@ -1099,6 +1133,14 @@ impl TreeWriter {
 }
 
 /// `[atime, mtime]` for utimensat: atime left alone, mtime from `meta`.
+impl Drop for TreeWriter {
+    /// A tree that ends early (a lost channel) lets go of its file in
+    /// flight like a cancelled one.
+    fn drop(&mut self) {
+        self.abandon_file();
+    }
+}
+
 fn mtime_times(meta: &EntryMeta) -> [libc::timespec; 2] {
     [
         libc::timespec {

@@ -543,7 +543,8 @@ impl Handle {
     /// Copy the remote file or directory `remote` into the local directory
     /// `local_dir`, recursively, as `local_dir/NAME`. The counterpart of
     /// [`Handle::copy_in`], with the same rules; special files are skipped
-    /// by the helper, which logs each (a LOG event).
+    /// by the helper, which logs each (a LOG event). A file left unfinished
+    /// by a cancel or an error is closed as [`Handle::download`]'s is.
     pub fn copy_out(
         &mut self,
         remote: impl AsRef<Path>,
@@ -552,7 +553,8 @@ impl Handle {
         let remote = remote.as_ref().as_os_str().as_bytes();
         let local = local_dir.as_ref();
         let opts = self.config.tree;
-        self.run(|conn, ctx| tree::copy_out(conn, ctx, opts, remote, local))
+        let discards = self.discards.clone();
+        self.run(|conn, ctx| tree::copy_out(conn, ctx, opts, remote, local, &discards))
     }
 
     /// Metadata of `remote`, following symlinks.

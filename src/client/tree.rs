@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::client::conn::{Broken, Connection, Incoming};
 use crate::client::events::{Event, EventMask, Events};
 use crate::client::transfer::{wait_channel, OpCtx};
+use crate::discard::WaitGroup;
 use crate::error::{Error, PathError};
 use crate::sys;
 use crate::treefs::{self, EntryError, TreeSender, TreeWriter};
@@ -321,17 +322,20 @@ pub(crate) fn copy_in(
 }
 
 /// Copy the remote file or tree `remote` into the local directory
-/// `local_dir`, as `local_dir/NAME`.
+/// `local_dir`, as `local_dir/NAME`. A file left unfinished is closed
+/// through `discard`, holding `discards` until it is.
 pub(crate) fn copy_out(
     conn: &mut Connection,
     ctx: &mut OpCtx<'_>,
     opts: TreeOptions,
     remote: &[u8],
     local_dir: &Path,
+    discards: &WaitGroup,
 ) -> Result<(), Error> {
     require_trees(conn)?;
     let base = open_dir(local_dir)?;
-    let mut writer = TreeWriter::new(base, opts.preserve, treefs::current_umask());
+    let umask = treefs::current_umask();
+    let mut writer = TreeWriter::new(base, opts.preserve, umask, Some(discards));
     let serial = conn.next_serial();
     conn.queue(
         &Frame::Tree(TreeFrame::Out {

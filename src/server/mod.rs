@@ -14,8 +14,8 @@
 //! - `fs`: the `*at` calls the requests make.
 //! - `fault`: test faults from `BARGE_HELPER_FAULT`.
 //! - `fastpath`: PUT_FD and GET_FD, copies in the kernel (a child of
-//!   `session`). Uncommitted files are closed off the main thread by
-//!   `crate::discard`.
+//!   `session`). Uncommitted files of cancelled uploads (PUT, PUT_FD and
+//!   TREE_IN) are closed off the main thread by `crate::discard`.
 
 /// A line on stderr. A failed write is ignored: `eprintln!` would panic,
 /// and a helper whose stderr is gone still has work to finish.

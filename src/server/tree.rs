@@ -37,7 +37,8 @@ impl Session<'_, '_> {
                 return self.refuse_tree(serial, f.errno, message);
             }
         };
-        let mut w = TreeWriter::new(base, flags & TREE_PRESERVE != 0, treefs::current_umask());
+        let preserve = flags & TREE_PRESERVE != 0;
+        let mut w = TreeWriter::new(base, preserve, treefs::current_umask(), None);
         loop {
             let Some(incoming) = self.next_incoming()? else {
                 return Err(ServeEnd::ChannelLost);
