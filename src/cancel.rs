@@ -10,8 +10,18 @@
 //! it with [`CancelState::take`], or the caller clears it with
 //! [`CancelState::clear`]. So a cancel that arrives while no operation runs
 //! makes the next operation fail at once. `take` clears the flag first and
-//! then drains the eventfd. A cancel that races with it leaves the flag set,
-//! and the next check sees it. Clearing in the other order could lose it.
+//! then drains the eventfd: a cancel whose store lands after the clear
+//! leaves the flag set, and the next check sees it. Draining first could
+//! lose it.
+//!
+//! The eventfd can be readable with no cancel pending: a `request` whose
+//! store `take` or `clear` consumed can write after their drain, and a
+//! caller's handler that runs in a forked child before exec writes to the
+//! shared eventfd but stores into the child's copy of the flag. A wait
+//! that finds the eventfd readable calls [`CancelState::settle_wake`],
+//! which drains such a stale wake-up so the next poll blocks instead of
+//! returning at once. Every wait's loop checks the flag before it polls,
+//! so a cancel whose write that drain swallowed is still seen.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -75,6 +85,17 @@ impl CancelState {
         } else {
             false
         }
+    }
+
+    /// For a wait whose poll found the eventfd readable: returns whether a
+    /// cancel is pending, and drains the eventfd when none is (a stale
+    /// wake-up, see the module notes), so that polling it again blocks.
+    pub fn settle_wake(&self) -> bool {
+        if self.is_requested() {
+            return true;
+        }
+        self.drain();
+        false
     }
 
     /// Drop any pending cancel.
@@ -184,6 +205,31 @@ mod tests {
         assert!(readable(s.wake_fd(), 5000));
         assert!(s.take());
         t.join().unwrap();
+    }
+
+    /// The state a `request` racing with `take` can leave: the flag
+    /// consumed, the eventfd still readable.
+    fn stale(s: &CancelState) {
+        s.request();
+        s.requested.store(false, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn settle_wake_drains_a_stale_wake_up() {
+        let s = CancelState::new().unwrap();
+        stale(&s);
+        assert!(readable(s.wake_fd(), 0));
+        assert!(!s.settle_wake());
+        assert!(!readable(s.wake_fd(), 0));
+    }
+
+    #[test]
+    fn settle_wake_keeps_a_pending_cancel() {
+        let s = CancelState::new().unwrap();
+        s.request();
+        assert!(s.settle_wake());
+        assert!(s.is_requested());
+        assert!(readable(s.wake_fd(), 0));
     }
 
     #[test]

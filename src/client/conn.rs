@@ -384,6 +384,11 @@ impl Connection {
         }
         let timeout = sys::remaining(deadline);
         sys::poll(&mut fds, timeout).map_err(|e| Error::local("poll", e))?;
+        if fds[0].revents != 0 {
+            // The caller's loop acts on a pending cancel; a stale wake-up
+            // is drained here, or every later poll would return at once.
+            cancel.settle_wake();
+        }
         if fds[2].revents != 0 {
             self.drain_stderr(events);
         }
@@ -979,5 +984,47 @@ mod tests {
             }
         };
         assert_eq!(h.kind, FrameType::Cancel);
+    }
+
+    /// An eventfd token with no cancel behind it, as a handler run in a
+    /// forked child before exec leaves (see `cancel`).
+    fn stale_wake(cancel: &CancelState) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live local to the eventfd.
+        let n =
+            unsafe { libc::write(cancel.wake_fd().as_raw_fd(), (&one as *const u64).cast(), 8) };
+        assert_eq!(n, 8);
+    }
+
+    fn wake_readable(cancel: &CancelState) -> bool {
+        let mut p = [sys::pollfd(cancel.wake_fd().as_raw_fd(), libc::POLLIN)];
+        sys::poll(&mut p, Some(Duration::ZERO)).unwrap() == 1
+    }
+
+    #[test]
+    fn wait_drains_a_stale_cancel_wake_up_instead_of_returning_at_once_forever() {
+        let spawned =
+            crate::process::spawn(&["/bin/sh".into(), "-c".into(), "sleep 30".into()], true)
+                .unwrap();
+        let mut conn = Connection::new(spawned.process, spawned.channel, spawned.stderr, 1 << 16);
+        let cancel = CancelState::new().unwrap();
+        let mut events = Events::default();
+        stale_wake(&cancel);
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        conn.wait(&cancel, false, true, None, deadline, &mut events)
+            .unwrap();
+        assert!(!cancel.is_requested());
+        assert!(
+            !wake_readable(&cancel),
+            "the stale wake-up is still there: every wait would return at once"
+        );
+        // A real cancel still wakes the wait and stays pending.
+        cancel.request();
+        let ready = conn
+            .wait(&cancel, false, true, None, deadline, &mut events)
+            .unwrap();
+        assert!(!ready.timed_out);
+        assert!(cancel.is_requested() && wake_readable(&cancel));
+        conn.process.kill();
     }
 }

@@ -328,6 +328,11 @@ impl HelperProcess {
             // Errors other than EINTR cannot happen with valid fds; the loop
             // re-checks everything either way.
             let _ = sys::poll(&mut fds, Some(wait));
+            if let (Some(c), true) = (cancel, fds[1].revents != 0) {
+                // A stale wake-up is drained, or the loop would spin; a
+                // pending cancel is seen at the top of the loop.
+                c.settle_wake();
+            }
         }
     }
 
@@ -374,6 +379,31 @@ mod tests {
 
     fn sh(script: &str, own_group: bool) -> Spawned {
         spawn(&["/bin/sh".into(), "-c".into(), script.into()], own_group).unwrap()
+    }
+
+    #[test]
+    fn wait_exit_drains_a_stale_cancel_wake_up_instead_of_spinning() {
+        let mut s = sh("sleep 30", true);
+        let cancel = CancelState::new().unwrap();
+        // A token with no cancel behind it, as a handler run in a forked
+        // child before exec leaves (see `cancel`).
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live local to the eventfd.
+        let n =
+            unsafe { libc::write(cancel.wake_fd().as_raw_fd(), (&one as *const u64).cast(), 8) };
+        assert_eq!(n, 8);
+        assert_eq!(
+            s.process
+                .wait_exit(Duration::from_millis(50), Some(&cancel)),
+            WaitOutcome::TimedOut
+        );
+        let mut p = [sys::pollfd(cancel.wake_fd().as_raw_fd(), libc::POLLIN)];
+        assert_eq!(
+            sys::poll(&mut p, Some(Duration::ZERO)).unwrap(),
+            0,
+            "the stale wake-up is still there: the wait polled it in a busy loop"
+        );
+        s.process.kill();
     }
 
     #[test]
