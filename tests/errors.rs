@@ -68,6 +68,65 @@ import time; time.sleep(30)'"#;
     assert!(e.to_string().contains("version 1"), "{e}");
 }
 
+/// A hand-made helper: python3 writes a WELCOME (version 1, no features),
+/// then runs `then`, with `frame(kind, serial)` at hand.
+fn scripted_helper(then: &str) -> Handle {
+    let script = format!(
+        r#"exec python3 -c '
+import os, struct, sys, time
+def frame(kind, serial, body=b""):
+    return struct.pack(">IBBHQ", len(body), kind, 0, 0, serial) + body
+out = sys.stdout.buffer
+out.write(frame(2, 0, b"BARGE\0\r\n" + struct.pack(">HQI", 1, 0, os.getpid())))
+out.flush()
+{then}'"#
+    );
+    let mut h = fake_helper(&script);
+    h.set_cancel_timeout(Duration::from_millis(500));
+    h
+}
+
+/// Run a STAT that cannot be answered, cancel it after 200 ms, and return
+/// its result; a hang fails the test.
+fn cancelled_stat(mut h: Handle) -> barge::Result<barge::RemoteStat> {
+    h.launch().unwrap();
+    let c = h.canceller();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        c.cancel();
+    });
+    let r = within(Duration::from_secs(10), "a cancelled STAT", move || {
+        h.stat("/")
+    });
+    canceller.join().unwrap();
+    r
+}
+
+#[test]
+fn a_flood_of_late_stop_frames_is_read_in_bounded_steps_and_cancel_ends_it() {
+    // STOP frames for another serial are ignored by the protocol; an
+    // endless run of them once overflowed the client's stack.
+    let h = scripted_helper(
+        r#"blob = frame(0x23, 99) * 4096
+while True:
+    out.write(blob)
+    out.flush()"#,
+    );
+    let r = cancelled_stat(h);
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+}
+
+#[test]
+fn a_helper_writing_stderr_without_pause_cannot_hold_off_a_cancel() {
+    let h = scripted_helper(
+        r#"blob = b"y\n" * 32768
+while True:
+    os.write(2, blob)"#,
+    );
+    let r = cancelled_stat(h);
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+}
+
 #[test]
 fn a_missing_helper_program_is_enoent() {
     let mut h = Handle::new().unwrap();

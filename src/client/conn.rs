@@ -24,6 +24,8 @@ use crate::wire::{self, Frame, FrameType, Header, StatRecord, HEADER_LEN};
 const STDERR_TAIL_LINES: usize = 8;
 /// Longest stderr line kept; longer lines are cut.
 const STDERR_LINE_MAX: usize = 1024;
+/// Most of the helper's stderr read in one wait.
+const STDERR_DRAIN_MAX: usize = 64 << 10;
 
 /// Why a connection can no longer be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,8 +246,11 @@ impl Connection {
             Frame::Cancel => Incoming::Cancel,
             Frame::Stop if header.serial != serial => {
                 // A late STOP for a finished request: ignored by protocol.
+                // Nothing is read ahead of it, so the caller's poll sees
+                // whatever follows; a helper that sends nothing else gets
+                // no further than a cancel's deadline.
                 self.reader.consume();
-                return self.read_frame(serial);
+                return Ok(None);
             }
             Frame::Stop => Incoming::Stop,
             Frame::SourceInfo { size, mode } => Incoming::SourceInfo { size, mode },
@@ -398,16 +403,20 @@ impl Connection {
         })
     }
 
-    /// Read whatever the helper has written to stderr, as LOG events.
+    /// Read what the helper has written to stderr, as LOG events: up to
+    /// [`STDERR_DRAIN_MAX`] bytes a call, so a helper that writes without
+    /// pause cannot keep a wait from returning.
     pub fn drain_stderr(&mut self, events: &mut Events) {
         let Some(fd) = self.stderr.as_ref().map(|f| f.as_raw_fd()) else {
             return;
         };
         let mut buf = [0u8; 4096];
-        loop {
+        let mut drained = 0;
+        while drained < STDERR_DRAIN_MAX {
             // SAFETY: reads into a live stack buffer of the given length.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
+                drained += n as usize;
                 self.stderr_partial.extend_from_slice(&buf[..n as usize]);
                 while let Some(i) = self.stderr_partial.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = self.stderr_partial.drain(..=i).take(i).collect();
@@ -459,7 +468,7 @@ impl Connection {
         while let Some(fd) = &self.stderr {
             let mut p = [sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
             let left = deadline.saturating_duration_since(Instant::now());
-            if sys::poll(&mut p, Some(left)).unwrap_or(0) == 0 {
+            if left.is_zero() || sys::poll(&mut p, Some(left)).unwrap_or(0) == 0 {
                 return;
             }
             self.drain_stderr(events);
