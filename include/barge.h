@@ -312,7 +312,8 @@ int barge_launch(struct barge_h *h);
 /**
  * Stop the helper: ask it to exit and wait up to the shutdown timeout,
  * then SIGTERM (to its process group when it has its own) and wait up to
- * the kill timeout, then SIGKILL. The helper is always reaped. Returns -1
+ * the kill timeout, then SIGKILL. `barge_user_cancel` cuts either wait
+ * short. The helper is always reaped. Returns -1
  * (errno EIO, message "abnormal shutdown: ...") when the graceful step
  * failed, although the helper is gone then too. Returns 0 when no helper
  * runs. The next operation starts a new helper.

@@ -128,6 +128,28 @@ while True:
 }
 
 #[test]
+fn a_cancel_cuts_short_the_wait_for_a_helper_that_hung_up_but_lives_on() {
+    // Like a launcher that outlives its closed channel: the helper closes
+    // its end and sleeps. The handle waits up to the kill timeout for it
+    // to exit by itself, and a cancel ends that wait.
+    let mut h = scripted_helper(
+        r#"sys.stdin.buffer.read(16)
+os.close(1)
+os.close(0)
+time.sleep(30)"#,
+    );
+    h.set_kill_timeout(Duration::from_secs(5));
+    let start = Instant::now();
+    let r = cancelled_stat(h);
+    let took = start.elapsed();
+    assert!(matches!(r, Err(Error::HelperDied { .. })), "{r:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the cancel at 200 ms was ignored: STAT returned after {took:?}"
+    );
+}
+
+#[test]
 fn a_missing_helper_program_is_enoent() {
     let mut h = Handle::new().unwrap();
     h.set_helper(["/nonexistent/barge-helper"]).unwrap();

@@ -612,7 +612,8 @@ impl Handle {
     /// then SIGTERM (to its group when it has its own) and a wait of up to
     /// the kill timeout, then SIGKILL. Always reaps the helper and closes
     /// its fds. Returns [`Error::AbnormalShutdown`] when the graceful step
-    /// failed. A cancel during the graceful wait skips to the signals.
+    /// failed. A cancel during the graceful wait skips to the signals, and
+    /// one during the wait after SIGTERM skips to SIGKILL.
     /// Also waits until the files of cancelled downloads are closed (see
     /// [`Handle::download`]), so no fd of this handle's is left open.
     pub fn shutdown(&mut self) -> Result<()> {
@@ -628,7 +629,9 @@ impl Handle {
         let graceful = self.graceful_stop(&mut conn);
         let status = match graceful {
             Ok(status) => Some(status),
-            Err(_) => conn.process.terminate(self.config.kill_timeout),
+            Err(_) => conn
+                .process
+                .terminate(self.config.kill_timeout, Some(&self.cancel)),
         };
         let ok = graceful.is_ok() && status.is_some_and(|s| s.success());
         self.finish_conn(conn, status, ok);
@@ -773,10 +776,12 @@ impl Handle {
         let mut conn = self.conn.take().expect("broken connection present");
         let ran_for = conn.launched_at.elapsed();
         let status = match how {
-            Broken::HelperGone => match conn.process.wait_exit(self.config.kill_timeout, None) {
-                WaitOutcome::Exited(s) => Some(s),
-                _ => conn.process.kill(),
-            },
+            // The channel is closed but the process may live on (a
+            // launcher such as ssh): give it the kill timeout, or until a
+            // cancel, to exit by itself.
+            Broken::HelperGone => conn
+                .process
+                .exit_or_kill(self.config.kill_timeout, Some(&self.cancel)),
             Broken::Protocol | Broken::Unresponsive => conn.process.kill(),
         };
         conn.collect_stderr(Duration::from_millis(200), &mut self.events);
@@ -844,10 +849,8 @@ impl Handle {
                 // way out: give it a moment to exit by itself. Otherwise
                 // (cancel, timeout, garbage) kill it now.
                 let status = if exited_by_itself || refused {
-                    match conn.process.wait_exit(Duration::from_millis(200), None) {
-                        WaitOutcome::Exited(s) => Some(s),
-                        _ => conn.process.kill(),
-                    }
+                    conn.process
+                        .exit_or_kill(Duration::from_millis(200), Some(&self.cancel))
                 } else {
                     conn.process.kill()
                 };

@@ -336,18 +336,33 @@ impl HelperProcess {
         }
     }
 
-    /// SIGTERM, wait up to `term_wait`, then SIGKILL and reap. Returns the
-    /// exit status, or `None` if the process survived even SIGKILL for
-    /// [`KILL_REAP_LIMIT`] (stuck in the kernel).
-    pub fn terminate(&mut self, term_wait: Duration) -> Option<ExitStatus> {
+    /// SIGTERM, wait up to `term_wait` (cut short by a cancel when `cancel`
+    /// is given), then SIGKILL and reap. Returns the exit status, or `None`
+    /// if the process survived even SIGKILL for [`KILL_REAP_LIMIT`] (stuck
+    /// in the kernel).
+    pub fn terminate(
+        &mut self,
+        term_wait: Duration,
+        cancel: Option<&CancelState>,
+    ) -> Option<ExitStatus> {
         if let Some(s) = self.try_reap() {
             return Some(s);
         }
         self.signal(libc::SIGTERM);
-        if let WaitOutcome::Exited(s) = self.wait_exit(term_wait, None) {
-            return Some(s);
+        self.exit_or_kill(term_wait, cancel)
+    }
+
+    /// Wait up to `timeout` for the process to exit (cut short by a cancel
+    /// when `cancel` is given), then SIGKILL and reap it.
+    pub fn exit_or_kill(
+        &mut self,
+        timeout: Duration,
+        cancel: Option<&CancelState>,
+    ) -> Option<ExitStatus> {
+        match self.wait_exit(timeout, cancel) {
+            WaitOutcome::Exited(s) => Some(s),
+            WaitOutcome::Cancelled | WaitOutcome::TimedOut => self.kill(),
         }
-        self.kill()
     }
 
     /// SIGKILL and reap.
@@ -443,7 +458,7 @@ mod tests {
         // SAFETY: reads into a live buffer.
         unsafe { libc::read(s.channel.as_raw_fd(), buf.as_mut_ptr().cast(), 6) };
         assert_eq!(&buf, b"ready\n");
-        let st = s.process.terminate(Duration::from_millis(200));
+        let st = s.process.terminate(Duration::from_millis(200), None);
         assert_eq!(st, Some(ExitStatus::Signaled(libc::SIGKILL)));
     }
 
