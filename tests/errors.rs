@@ -149,6 +149,44 @@ time.sleep(30)"#,
     );
 }
 
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills a live timespec.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+        0
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[test]
+fn a_download_into_a_full_pipe_waits_without_spinning_once_the_helper_is_gone() {
+    // The helper dies after 128 KiB; the pipe, which nobody reads, is full
+    // before that. The download then waits for room in the pipe (or a
+    // cancel), and the channel's hang-up must not wake that wait again and
+    // again.
+    let root = tempdir();
+    write_file(&root.path().join("f"), &Rng::new(3).bytes(4 << 20));
+    let mut h = handle_with_fault("die@131072", None);
+    h.set_root(Some(root.path())).unwrap();
+    let (_unread, w) = pipe();
+    let c = h.canceller();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        c.cancel();
+    });
+    let (cpu, wall) = (thread_cpu(), Instant::now());
+    let r = h.download_fd("/f", std::os::fd::AsFd::as_fd(&w));
+    let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+    canceller.join().unwrap();
+    assert!(r.is_err(), "{r:?}");
+    assert!(cpu < wall / 4, "the wait spun: {cpu:?} of CPU in {wall:?}");
+}
+
 #[test]
 fn a_missing_helper_program_is_enoent() {
     let mut h = Handle::new().unwrap();

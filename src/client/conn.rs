@@ -91,6 +91,10 @@ pub(crate) struct Connection {
     pub launched_at: Instant,
     next_serial: u64,
     pub broken: Option<Broken>,
+    /// The helper closed its end of the channel. Its last frames may still
+    /// be unread, but a wait that does not read the channel no longer
+    /// polls it: the hang-up would wake every such poll at once.
+    hung_up: bool,
     /// The helper granted the fast path, and it is our own child: local
     /// files may be passed to it as fds (see `fastpath`).
     pub fast_path: bool,
@@ -120,6 +124,7 @@ impl Connection {
             launched_at: Instant::now(),
             next_serial: 1,
             broken: None,
+            hung_up: false,
             fast_path: false,
             features: 0,
         }
@@ -369,18 +374,27 @@ impl Connection {
         } else {
             cancel.wake_fd().as_raw_fd()
         };
+        let mut channel_events = 0;
+        if want_channel_in {
+            channel_events |= libc::POLLIN;
+        }
+        if !self.out.is_empty() {
+            channel_events |= libc::POLLOUT;
+        }
+        // With no events asked for, the channel is polled only for a
+        // hang-up, which is noticed once (a full local pipe can then hold
+        // the wait without the hang-up waking it again and again).
+        let channel_fd = if channel_events == 0 && self.hung_up {
+            -1
+        } else {
+            self.channel.as_raw_fd()
+        };
         let mut fds = [
             sys::pollfd(cancel_fd, libc::POLLIN),
-            sys::pollfd(self.channel.as_raw_fd(), 0),
+            sys::pollfd(channel_fd, channel_events),
             sys::pollfd(-1, 0),
             sys::pollfd(-1, 0),
         ];
-        if want_channel_in {
-            fds[1].events |= libc::POLLIN;
-        }
-        if !self.out.is_empty() {
-            fds[1].events |= libc::POLLOUT;
-        }
         if let Some(e) = &self.stderr {
             fds[2] = sys::pollfd(e.as_raw_fd(), libc::POLLIN);
         }
@@ -389,6 +403,9 @@ impl Connection {
         }
         let timeout = sys::remaining(deadline);
         sys::poll(&mut fds, timeout).map_err(|e| Error::local("poll", e))?;
+        if fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            self.hung_up = true;
+        }
         if fds[0].revents != 0 {
             // The caller's loop acts on a pending cancel; a stale wake-up
             // is drained here, or every later poll would return at once.
