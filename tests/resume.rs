@@ -222,3 +222,30 @@ fn without_keep_partial_nothing_partial_is_left() {
         assert!(!dir.join("dst").exists());
     }
 }
+
+/// A source whose read fails while its prefix is checked against the
+/// helper's partial data: the request still ends with CANCEL and its
+/// reply, so the same helper serves the next one, and the partial data
+/// stays for a later attempt.
+#[test]
+fn a_read_error_while_checking_the_partial_ends_the_request_cleanly() {
+    // A "regular file" of 4096 bytes whose read fails with EINVAL.
+    let src = Path::new("/sys/class/net/lo/speed");
+    if !src.is_file() || std::fs::read(src).is_ok() {
+        eprintln!("skipped: {} is missing or readable here", src.display());
+        return;
+    }
+    let root = tempdir();
+    let partial = partial_of(root.path(), "x");
+    std::fs::write(&partial, b"0123456789").unwrap();
+    let mut r = rig(root.path());
+    r.h.stat("/").unwrap();
+    let pid = r.h.helper_pid();
+    let e = r.h.upload(src, "/x").unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    assert!(e.to_string().contains("speed"), "{e}");
+    r.h.stat("/").unwrap();
+    assert_eq!(r.h.helper_pid(), pid, "the helper was replaced");
+    assert_eq!(std::fs::read(&partial).unwrap(), b"0123456789");
+    assert!(!root.path().join("x").exists());
+}

@@ -170,9 +170,18 @@ pub(crate) fn upload(
                         crate::partial::checksum_prefix(&mut src, held, &mut || {
                             !cancel.is_requested()
                         })
-                        .map_err(|e| Error::local(format!("read {name}"), e))?
                     } else {
-                        None
+                        Ok(None)
+                    };
+                    let hashed = match hashed {
+                        Ok(h) => h,
+                        Err(e) => {
+                            // The helper awaits PREFIX_SUM: end the
+                            // request with CANCEL and read its reply.
+                            local_error = Some(Error::local(format!("read {name}"), e));
+                            deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                            break;
+                        }
                     };
                     let (len, checksum) = hashed.as_ref().map_or((0, 0), |s| (s.len(), s.digest()));
                     prefix = hashed;
@@ -201,13 +210,18 @@ pub(crate) fn upload(
                         )));
                     }
                     sum = resumed.unwrap_or_default();
-                    if regular {
-                        src.seek(SeekFrom::Start(offset))
-                            .map_err(|e| Error::local(format!("seek {name}"), e))?;
-                    }
                     let total = regular.then(|| meta.len().saturating_sub(offset));
                     progress = Some(Progress::new(ctx.events, total, ctx.progress_interval));
                     state = Upload::Streaming;
+                    if regular {
+                        if let Err(e) = src.seek(SeekFrom::Start(offset)) {
+                            // Streaming, so nothing is read; the stream
+                            // ends with CANCEL.
+                            local_error = Some(Error::local(format!("seek {name}"), e));
+                            deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                            break;
+                        }
+                    }
                 }
                 Incoming::Stop => {
                     if !matches!(state, Upload::Ended { .. }) {
@@ -346,24 +360,30 @@ pub(crate) fn download(
                     if offset > 0 {
                         sum = prefix.take().unwrap_or_default();
                     }
-                    part.continue_at(offset)
-                        .map_err(|e| Error::local(format!("write partial file for {name}"), e))?;
                     started = true;
                     progress = Some(Progress::new(
                         ctx.events,
                         size.map(|s| s.saturating_sub(offset)),
                         ctx.progress_interval,
                     ));
+                    if let Err(e) = part.continue_at(offset) {
+                        local_error = Some(partial_write_error(&name, e));
+                        deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                        break;
+                    }
                 }
                 Incoming::Data => {
                     if !started {
                         // A plain GET stream (the source is not a regular
                         // file): it starts at 0.
-                        part.continue_at(0).map_err(|e| {
-                            Error::local(format!("write partial file for {name}"), e)
-                        })?;
                         started = true;
                         progress = Some(Progress::new(ctx.events, size, ctx.progress_interval));
+                        if let Err(e) = part.continue_at(0) {
+                            local_error = Some(partial_write_error(&name, e));
+                            deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                            conn.consume();
+                            break;
+                        }
                     }
                     if !discarding {
                         sum.update(conn.data());
@@ -381,10 +401,11 @@ pub(crate) fn download(
                 }
                 Incoming::End { len, checksum } => {
                     stream_over = true;
-                    if !started {
-                        part.continue_at(0).map_err(|e| {
-                            Error::local(format!("write partial file for {name}"), e)
-                        })?;
+                    if !started && !discarding {
+                        if let Err(e) = part.continue_at(0) {
+                            // The final reply follows: it reports this.
+                            local_error = Some(partial_write_error(&name, e));
+                        }
                     }
                     end_matched = sum.matches(len, checksum);
                 }
@@ -445,4 +466,8 @@ pub(crate) fn download(
             return Err(unresponsive(conn, local_error));
         }
     }
+}
+
+fn partial_write_error(name: &str, e: std::io::Error) -> Error {
+    Error::local(format!("write partial file for {name}"), e)
 }
