@@ -174,8 +174,7 @@ impl Session<'_, '_> {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             // Only a regular file can be read again from its start: a
             // plain GET, whose stream starts at 0 without RESUME_AT.
-            drop(fd);
-            return self.get(serial, chunk, path);
+            return self.get_opened(serial, chunk, path, fd, &st);
         }
         let size = st.st_size as u64;
         self.send(

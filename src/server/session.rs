@@ -732,12 +732,25 @@ impl<'fd, 'o> Session<'fd, 'o> {
     // ---- GET ----
 
     fn get(&mut self, serial: u64, chunk: usize, path: &[u8]) -> Result<(), ServeEnd> {
-        let file = match self.open_download(path) {
-            Ok(f) => f,
-            Err(f) => return self.fail(serial, "open", path, f),
-        };
-        let (fd, st) = file;
-        let size = if fs::is_regular(&st) {
+        match self.open_download(path) {
+            Ok((fd, st)) => self.get_opened(serial, chunk, path, fd, &st),
+            Err(f) => self.fail(serial, "open", path, f),
+        }
+    }
+
+    /// GET of `path`, already opened as `fd` with status `st`. A FIFO is
+    /// never opened twice: a writer released by the first open could
+    /// write into it and close before the second, and its data would be
+    /// lost.
+    pub(super) fn get_opened(
+        &mut self,
+        serial: u64,
+        chunk: usize,
+        path: &[u8],
+        fd: OwnedFd,
+        st: &libc::stat,
+    ) -> Result<(), ServeEnd> {
+        let size = if fs::is_regular(st) {
             st.st_size as u64
         } else {
             UNKNOWN_SIZE
@@ -751,7 +764,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
         )?;
         let opts = self.opts;
         let faults = opts.fault.transfer_faults_for(path);
-        let polled = !fs::is_regular(&st);
+        let polled = !fs::is_regular(st);
         let stream = DownloadStream {
             chunk,
             polled,

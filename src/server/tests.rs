@@ -936,3 +936,72 @@ fn walking_by_hand_refuses_magic_links_like_openat2() {
     assert!(resolve_outcome(&by_hand, b"/proc/self/status").is_ok());
     assert!(resolve_outcome(&kernel, b"/proc/self/status").is_ok());
 }
+
+/// GET_PARTIAL of a FIFO falls back to a plain GET on the fd it already
+/// opened. Opening the FIFO twice could lose data: a writer released by
+/// the first open may write and close before the second. inotify counts
+/// the helper's closes of the FIFO (IN_CLOSE_NOWRITE; the writer's is
+/// IN_CLOSE_WRITE), which an open between them keeps from merging.
+#[test]
+fn get_partial_of_a_fifo_opens_it_once() {
+    let dir = TempDir::new("fifo-once");
+    let fifo = dir.path().join("f");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; no other pointers.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // SAFETY: no pointers.
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    assert!(raw >= 0);
+    // SAFETY: a fresh fd owned by nobody else.
+    let watch = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mask = libc::IN_OPEN | libc::IN_CLOSE_NOWRITE;
+    // SAFETY: a NUL-terminated path and an open inotify fd.
+    assert!(unsafe { libc::inotify_add_watch(raw, c_path.as_ptr(), mask) } >= 0);
+    let w_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(w_path)
+            .unwrap();
+        f.write_all(b"hello").unwrap();
+    });
+    let mut c = Client::connect(dir.path());
+    let serial = c.request(&Frame::Resume(crate::wire::ResumeFrame::Get {
+        chunk: 4096,
+        offset: 0,
+        checksum: 0,
+        path: b"/f",
+    }));
+    let mut data = Vec::new();
+    loop {
+        match c.recv_for(serial) {
+            Got::Data(d) => data.extend_from_slice(&d),
+            Got::Ok => break,
+            Got::SourceInfo { .. } | Got::End { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(data, b"hello");
+    // The helper has dropped the request's fd once it answers the next.
+    let serial = c.request(&Frame::Stat { path: b"/" });
+    assert!(matches!(c.recv_for(serial), Got::Stat(_)));
+    let mut buf = [0u8; 4096];
+    let n = File::from(watch).read(&mut buf).unwrap();
+    let (mut at, mut closes) = (0, 0);
+    while at < n {
+        // SAFETY: the kernel wrote whole inotify_event records, each
+        // followed by `len` name bytes; read_unaligned copes with the
+        // buffer's alignment.
+        let ev: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+        if ev.mask & libc::IN_CLOSE_NOWRITE != 0 {
+            closes += 1;
+        }
+        at += std::mem::size_of::<libc::inotify_event>() + ev.len as usize;
+    }
+    assert_eq!(
+        closes, 1,
+        "the helper opened and closed the FIFO {closes} times"
+    );
+}
