@@ -30,6 +30,12 @@ use crate::wire::{
 /// than the chunk size).
 pub(crate) const INLINE_MAX: usize = 32 << 10;
 
+/// The longest entry path a tree copy sends. Any tree frame for it fits in
+/// a control frame ([`crate::wire::MAX_CONTROL`], 64 KiB), a symlink's
+/// target (at most PATH_MAX) included. The walk reports a longer one as an
+/// entry error (ENAMETOOLONG) and leaves it and what is beneath it out.
+pub(crate) const MAX_TREE_PATH: usize = 60 << 10;
+
 /// A failure about one entry of a tree: its path (relative to the tree's
 /// parent), the errno, and a message naming the operation and the path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +309,14 @@ fn walk_dir(
     let mut subdirs = Vec::new();
     for n in names {
         let child = join(rel, n.to_bytes());
+        if child.len() > MAX_TREE_PATH {
+            let err = EntryError::new("copy", &child, libc::ENAMETOOLONG);
+            if keep_going {
+                w.errors.push(err);
+                continue;
+            }
+            return Err(err);
+        }
         let st = match lstat_at(dir.as_fd(), &n) {
             Ok(st) => st,
             // Removed since readdir saw it.
@@ -1164,4 +1178,98 @@ pub(crate) fn current_umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `top` with directories of 250-byte names nested `depth` deep
+    /// beneath it, made relative to each other's fds (the whole path is
+    /// longer than PATH_MAX). Returns the directory holding `top`.
+    fn deep_tree(depth: usize) -> (std::path::PathBuf, OwnedFd) {
+        let root = std::env::temp_dir().join(format!(
+            "barge-treefs-deep-{}-{}",
+            std::process::id(),
+            sys::random_suffix()
+        ));
+        std::fs::create_dir_all(root.join("top")).unwrap();
+        let base = sys::openat(
+            sys::openat(
+                // SAFETY: AT_FDCWD is not an fd to own; borrowing it is
+                // how the *at calls name the working directory.
+                unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+                &cstring(root.as_os_str().as_encoded_bytes()).unwrap(),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )
+            .unwrap()
+            .as_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        let name = cstring(&[b'd'; 250]).unwrap();
+        let mut dir =
+            sys::openat(base.as_fd(), c"top", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        for _ in 0..depth {
+            // SAFETY: name is NUL-terminated; dir is open.
+            assert_eq!(
+                unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) },
+                0
+            );
+            dir = sys::openat(dir.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        }
+        (root, base)
+    }
+
+    /// Removes a tree deeper than PATH_MAX when dropped, with `rm -rf`.
+    struct Removed(std::path::PathBuf);
+
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("rm")
+                .arg("-rf")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn entries_too_long_for_a_tree_frame_are_entry_errors_and_the_rest_all_encode() {
+        // 250 levels of 251 bytes: past MAX_TREE_PATH (61,440) at about 245.
+        let (root, base) = deep_tree(250);
+        let _removed = Removed(root);
+        let Err(e) = walk(base.as_fd(), b"top", b"top", false) else {
+            panic!("the walk took a path longer than MAX_TREE_PATH");
+        };
+        assert_eq!(e.errno, libc::ENAMETOOLONG, "{}", e.message);
+        assert!(e.rel.len() > MAX_TREE_PATH);
+
+        let w = walk(base.as_fd(), b"top", b"top", true).unwrap();
+        assert_eq!(w.errors.len(), 1);
+        assert_eq!(w.errors[0].errno, libc::ENAMETOOLONG);
+        let dirs = w.entries.len();
+        assert!(dirs > 200, "{dirs} entries");
+        assert!(w.entries.iter().all(|e| e.rel.len() <= MAX_TREE_PATH));
+        // Every entry becomes a frame: one TREE_DIR each, then DONE.
+        let mut s = TreeSender::new(base, b"top", w, 1 << 20);
+        let mut out = Vec::new();
+        while !s.is_done() {
+            s.fill(1, &mut out, 1 << 30).unwrap();
+        }
+        let mut at = 0;
+        let mut sent = 0;
+        while at < out.len() {
+            let raw: &[u8; crate::wire::HEADER_LEN] =
+                out[at..at + crate::wire::HEADER_LEN].try_into().unwrap();
+            let h = crate::wire::decode_header(raw).unwrap();
+            if h.kind == FrameType::TreeDir {
+                sent += 1;
+            }
+            at += crate::wire::HEADER_LEN + h.len as usize;
+        }
+        assert_eq!(sent, dirs);
+    }
 }
