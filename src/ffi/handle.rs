@@ -367,7 +367,8 @@ pub unsafe extern "C" fn barge_launch(h: *mut barge_h) -> c_int {
 /// Stop the helper: ask it to exit and wait up to the shutdown timeout,
 /// then SIGTERM (to its process group when it has its own) and wait up to
 /// the kill timeout, then SIGKILL. `barge_user_cancel` cuts either wait
-/// short. The helper is always reaped. Returns -1
+/// short. The helper is always reaped, unless it outlives SIGKILL by 2 s
+/// (stuck in the kernel): the call then returns without it. Returns -1
 /// (errno EIO, message "abnormal shutdown: ...") when the graceful step
 /// failed, although the helper is gone then too. Returns 0 when no helper
 /// runs. The next operation starts a new helper.

@@ -104,6 +104,9 @@ pub struct HelperProcess {
     /// Signals go to the whole group: the helper leads a group of its own.
     signal_group: bool,
     status: Option<ExitStatus>,
+    /// SIGKILL did not end it within [`KILL_REAP_LIMIT`]: it is stuck in
+    /// the kernel, and nothing waits for it again.
+    abandoned: bool,
 }
 
 /// Start `argv` with a socketpair as its stdin and stdout and a pipe as its
@@ -171,6 +174,7 @@ pub fn spawn(argv: &[OsString], own_group: bool) -> io::Result<Spawned> {
         pidfd: sys::pidfd_open(pid).ok(),
         signal_group,
         status: None,
+        abandoned: false,
     };
     sys::set_nonblocking(ours.as_fd(), true)?;
     sys::set_nonblocking(stderr.as_fd(), true)?;
@@ -370,10 +374,16 @@ impl HelperProcess {
         if let Some(s) = self.try_reap() {
             return Some(s);
         }
+        if self.abandoned {
+            return None;
+        }
         self.signal(libc::SIGKILL);
         match self.wait_exit(KILL_REAP_LIMIT, None) {
             WaitOutcome::Exited(s) => Some(s),
-            _ => None,
+            _ => {
+                self.abandoned = true;
+                None
+            }
         }
     }
 }
@@ -419,6 +429,19 @@ mod tests {
             "the stale wake-up is still there: the wait polled it in a busy loop"
         );
         s.process.kill();
+    }
+
+    #[test]
+    fn a_process_given_up_after_sigkill_is_not_waited_for_again() {
+        let mut s = sh("sleep 30", true);
+        // As kill() leaves it when SIGKILL did not end it in time.
+        s.process.abandoned = true;
+        let start = Instant::now();
+        assert_eq!(s.process.kill(), None);
+        // Drop would otherwise spend another KILL_REAP_LIMIT here.
+        assert!(start.elapsed() < KILL_REAP_LIMIT / 2);
+        s.process.abandoned = false;
+        assert!(s.process.kill().is_some());
     }
 
     #[test]
