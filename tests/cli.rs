@@ -378,3 +378,104 @@ fn the_shell_reads_commands_from_a_pipe() {
     );
     assert!(r.join("d/g").exists());
 }
+
+/// `put` into a remote directory first STATs the destination. A ^C during
+/// that STAT is consumed by it (it completes anyway), yet it cancels the
+/// command: no upload follows, and the exit status is 130. The helper is a
+/// script that answers the STAT only once barge has taken the SIGINT.
+#[test]
+fn ctrl_c_during_the_destination_stat_of_put_cancels_the_command() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::write(d.join("f"), b"data").unwrap();
+    let fake = d.join("fake.py");
+    std::fs::write(
+        &fake,
+        r#"import os, struct, sys, time
+def frame(kind, serial, body=b""):
+    return struct.pack(">IBBHQ", len(body), kind, 0, 0, serial) + body
+def read_frame():
+    head = sys.stdin.buffer.read(16)
+    n, kind, _, _, serial = struct.unpack(">IBBHQ", head)
+    sys.stdin.buffer.read(n)
+    return kind, serial
+out = sys.stdout.buffer
+out.write(frame(2, 0, b"BARGE\0\r\n" + struct.pack(">HQI", 1, 0, os.getpid())))
+out.flush()
+read_frame()                      # HELLO
+kind, serial = read_frame()       # STAT
+open(sys.argv[1], "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.005)
+# STAT_INFO: /dest is a directory, so the upload would go to /dest/f.
+out.write(frame(0x32, serial, struct.pack(">QIIIQqI", 0, 0o40755, 0, 0, 2, 0, 0)))
+out.flush()
+while True:
+    kind, serial = read_frame()
+    if kind == 0x15:              # PUT: the command went on
+        open(sys.argv[2], "w").close()
+    if kind == 0x17:              # SHUTDOWN
+        out.write(frame(0x30, serial))
+        out.flush()
+        sys.exit(0)
+"#,
+    )
+    .unwrap();
+    let (asked, put, answer) = (d.join("asked"), d.join("put"), d.join("answer"));
+    let helper = format!(
+        "python3 {} {} {} {}",
+        fake.display(),
+        asked.display(),
+        put.display(),
+        answer.display()
+    );
+    let mut child = barge(d, &["--helper", &helper, "put", "f", "/dest"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !asked.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no STAT reached the helper"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // Answer once SIGINT is no longer pending: barge's handler has run.
+    let status_file = format!("/proc/{}/status", child.id());
+    let pending = |line: &str, field: &str| {
+        line.strip_prefix(field)
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+    };
+    while std::fs::read_to_string(&status_file)
+        .unwrap()
+        .lines()
+        .any(|l| pending(l, "SigPnd:") || pending(l, "ShdPnd:"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGINT never delivered"
+        );
+        std::thread::yield_now();
+    }
+    std::fs::write(&answer, b"").unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("barge did not end after ^C (PUT sent: {})", put.exists());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!put.exists(), "the upload went on after ^C");
+}

@@ -15,6 +15,7 @@ mod ui;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use barge::{Canceller, Error, Handle};
@@ -30,8 +31,20 @@ pub const EXIT_CANCELLED: u8 = 130;
 
 static CANCELLER: OnceLock<Canceller> = OnceLock::new();
 
+/// SIGINTs received. An operation consumes the cancel that arrived during
+/// it, also when it completed anyway; a command made of several operations
+/// compares this count before and after each to stop between them.
+static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+/// How many SIGINTs have arrived.
+pub fn interrupts() -> u32 {
+    INTERRUPTS.load(Ordering::SeqCst)
+}
+
 extern "C" fn on_sigint(_: libc::c_int) {
-    // OnceLock::get is one atomic load; cancel() is async-signal-safe.
+    // A lock-free atomic add, OnceLock::get (one atomic load) and cancel()
+    // are all async-signal-safe.
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
     if let Some(c) = CANCELLER.get() {
         c.cancel();
     }

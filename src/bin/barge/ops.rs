@@ -141,7 +141,12 @@ fn put(h: &mut Handle, local: &Path, remote: &Path, ui: &Ui, mode: Mode) -> Resu
         ui.end(r.is_ok());
         return Ok(r?);
     }
+    let interrupts = crate::interrupts();
     let remote = remote_destination(h, remote, local.file_name())?;
+    if crate::interrupts() != interrupts {
+        // ^C during the STAT, which completed anyway: the command stops.
+        return Err(Failure::Op(Error::Cancelled));
+    }
     ui.begin(label(local), true);
     let r = h.upload(local, &remote);
     ui.end(r.is_ok());
