@@ -174,7 +174,10 @@ struct barge_event {
     int exit_status;
     /**
      * SHUTDOWN: the signal that killed the helper, else 0. With
-     * `exit_status == -1` too, the helper could not be reaped.
+     * `exit_status == -1` too, its status is unknown: it could not be
+     * reaped (stuck in the kernel), or another waiter of this process
+     * collected it first (SIGCHLD set to SIG_IGN, for one; `graceful`
+     * then still says whether it stopped when asked).
      */
     int term_signal;
     /**

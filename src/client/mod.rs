@@ -634,10 +634,13 @@ impl Handle {
                 .process
                 .terminate(self.config.kill_timeout, Some(&self.cancel)),
         };
-        let ok = graceful.is_ok() && status.is_some_and(|s| s.success());
+        // A status another waiter collected (SIGCHLD ignored) is no sign
+        // of trouble once the helper answered SHUTDOWN and exited.
+        let clean = |s: ExitStatus| s.success() || s == ExitStatus::Unknown;
+        let ok = graceful.is_ok() && status.is_some_and(clean);
         self.finish_conn(conn, status, ok);
         match graceful {
-            Ok(s) if s.success() => Ok(()),
+            Ok(s) if clean(s) => Ok(()),
             Ok(s) => Err(Error::AbnormalShutdown {
                 cause: format!("the helper {s} after SHUTDOWN"),
             }),

@@ -42,7 +42,10 @@ pub struct barge_event {
     /// SHUTDOWN: the exit status when the helper exited, else -1.
     pub exit_status: c_int,
     /// SHUTDOWN: the signal that killed the helper, else 0. With
-    /// `exit_status == -1` too, the helper could not be reaped.
+    /// `exit_status == -1` too, its status is unknown: it could not be
+    /// reaped (stuck in the kernel), or another waiter of this process
+    /// collected it first (SIGCHLD set to SIG_IGN, for one; `graceful`
+    /// then still says whether it stopped when asked).
     pub term_signal: c_int,
     /// SHUTDOWN: 1 when the helper stopped gracefully when asked, else 0.
     pub graceful: c_int,
@@ -128,7 +131,7 @@ impl CCallback {
                 match status {
                     Some(ExitStatus::Exited(code)) => out.exit_status = code,
                     Some(ExitStatus::Signaled(sig)) => out.term_signal = sig,
-                    None => {}
+                    Some(ExitStatus::Unknown) | None => {}
                 }
                 out.graceful = graceful.into();
             }

@@ -38,6 +38,10 @@ pub const KILL_REAP_LIMIT: Duration = Duration::from_secs(2);
 pub enum ExitStatus {
     Exited(i32),
     Signaled(i32),
+    /// It ended, but another waiter of this process collected its status
+    /// first: SIGCHLD set to SIG_IGN or SA_NOCLDWAIT (the kernel then reaps
+    /// children itself), or a `waitpid(-1)` of the caller's.
+    Unknown,
 }
 
 impl ExitStatus {
@@ -49,6 +53,7 @@ impl ExitStatus {
         }
     }
 
+    /// Exited with status 0.
     pub fn success(self) -> bool {
         self == ExitStatus::Exited(0)
     }
@@ -59,6 +64,10 @@ impl fmt::Display for ExitStatus {
         match *self {
             ExitStatus::Exited(c) => write!(f, "exited with status {c}"),
             ExitStatus::Signaled(s) => write!(f, "was killed by signal {s} ({})", signal_name(s)),
+            ExitStatus::Unknown => write!(
+                f,
+                "exited; its status went to another waiter (is SIGCHLD ignored?)"
+            ),
         }
     }
 }
@@ -285,17 +294,37 @@ impl HelperProcess {
         if self.status.is_some() {
             return self.status;
         }
+        let reaped = match &self.pidfd {
+            Some(p) => match reap_pidfd(p) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.reap_pid(),
+                r => r,
+            },
+            None => self.reap_pid(),
+        };
+        match reaped {
+            Ok(s) => self.status = s,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                // Another waiter collected it (see ExitStatus::Unknown).
+                // It is gone: nothing is signalled or waited for again.
+                self.status = Some(ExitStatus::Unknown);
+            }
+            // EINTR: the next call tries again.
+            Err(_) => {}
+        }
+        self.status
+    }
+
+    /// `waitpid` on the helper's pid: for kernels without pidfds. After
+    /// another waiter collected the helper, the pid may name someone else.
+    fn reap_pid(&self) -> io::Result<Option<ExitStatus>> {
         let mut status = 0;
         // SAFETY: waits only for our own child's pid; status is a live local.
         let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        if r == self.pid {
-            self.status = Some(ExitStatus::from_wait(status));
-        } else if r < 0 && sys::errno() == libc::ECHILD {
-            // Someone else reaped it (a SIGCHLD handler of the caller's with
-            // SA_NOCLDWAIT, say). It is gone; the status is unknown.
-            self.status = Some(ExitStatus::Exited(-1));
+        match r {
+            r if r == self.pid => Ok(Some(ExitStatus::from_wait(status))),
+            0 => Ok(None),
+            _ => Err(io::Error::last_os_error()),
         }
-        self.status
     }
 
     /// Wait up to `timeout` for the helper to exit, waking early for a
@@ -386,6 +415,35 @@ impl HelperProcess {
             }
         }
     }
+}
+
+/// `waitid(P_PIDFD)`: reaps exactly the process the pidfd names, never a
+/// process that reused its pid. EINVAL on kernels before 5.4.
+fn reap_pidfd(pidfd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a live siginfo_t and a pidfd we own.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled info for a child event (or left the zeroes of
+    // "none yet"); si_pid and si_status read its SIGCHLD fields.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        _ => ExitStatus::Signaled(status),
+    }))
 }
 
 impl Drop for HelperProcess {
