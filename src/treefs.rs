@@ -1146,7 +1146,6 @@ impl TreeWriter {
     }
 }
 
-/// `[atime, mtime]` for utimensat: atime left alone, mtime from `meta`.
 impl Drop for TreeWriter {
     /// A tree that ends early (a lost channel) lets go of its file in
     /// flight like a cancelled one.
@@ -1155,6 +1154,7 @@ impl Drop for TreeWriter {
     }
 }
 
+/// `[atime, mtime]` for utimensat: atime left alone, mtime from `meta`.
 fn mtime_times(meta: &EntryMeta) -> [libc::timespec; 2] {
     [
         libc::timespec {
@@ -1194,22 +1194,7 @@ mod tests {
             sys::random_suffix()
         ));
         std::fs::create_dir_all(root.join("top")).unwrap();
-        let base = sys::openat(
-            sys::openat(
-                // SAFETY: AT_FDCWD is not an fd to own; borrowing it is
-                // how the *at calls name the working directory.
-                unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
-                &cstring(root.as_os_str().as_encoded_bytes()).unwrap(),
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-            )
-            .unwrap()
-            .as_fd(),
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .unwrap();
+        let base: OwnedFd = File::open(&root).unwrap().into();
         let name = cstring(&[b'd'; 250]).unwrap();
         let mut dir =
             sys::openat(base.as_fd(), c"top", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();

@@ -612,9 +612,10 @@ impl Handle {
     /// then SIGTERM (to its group when it has its own) and a wait of up to
     /// the kill timeout, then SIGKILL. Reaps the helper (unless it outlives
     /// SIGKILL by [`KILL_REAP_LIMIT`](crate::process::KILL_REAP_LIMIT),
-    /// stuck in the kernel) and closes its fds. Returns [`Error::AbnormalShutdown`] when the graceful step
-    /// failed. A cancel during the graceful wait skips to the signals, and
-    /// one during the wait after SIGTERM skips to SIGKILL.
+    /// stuck in the kernel) and closes its fds. Returns
+    /// [`Error::AbnormalShutdown`] when the graceful step failed. A cancel
+    /// during the graceful wait skips to the signals, and one during the
+    /// wait after SIGTERM skips to SIGKILL.
     /// Also waits until the files of cancelled downloads are closed (see
     /// [`Handle::download`]), so no fd of this handle's is left open.
     pub fn shutdown(&mut self) -> Result<()> {
