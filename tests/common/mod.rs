@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use barge::Handle;
 
+pub mod hostile;
+
 pub fn helper_path() -> &'static str {
     env!("CARGO_BIN_EXE_barge-helper")
 }
