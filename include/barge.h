@@ -441,7 +441,9 @@ int barge_rename(struct barge_h *h, const char *from, const char *to);
  * entries that the caller owns and frees with
  * `barge_free_dirents(*entries, *count)`; an empty directory gives
  * `*entries == NULL` and `*count == 0`. `*entries` and `*count` are
- * written only on success.
+ * written only on success. A listing past `barge_set_list_limits` fails
+ * with E2BIG; a name from the helper that is empty, "." or "..", or
+ * holds '/', fails with EPROTO.
  */
 int barge_list(struct barge_h *h,
                const char *path,

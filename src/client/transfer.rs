@@ -548,6 +548,15 @@ pub(crate) fn list(
         while let Some(msg) = conn.read_frame(serial)? {
             match msg {
                 Incoming::Dirents => {
+                    if conn.dirents().is_empty() {
+                        // The helper sends only full batches; empty ones
+                        // could keep a listing going forever at no cost
+                        // and under every bound.
+                        return Err(conn.fail_protocol(format!(
+                            "helper sent an empty DIRENTS for LIST {}",
+                            String::from_utf8_lossy(remote)
+                        )));
+                    }
                     if stopped.is_none() {
                         let batch = conn.dirents();
                         if let Err(e) =
