@@ -368,3 +368,19 @@ fn listed_names_that_leave_the_directory_are_protocol_errors() {
         assert!(o.stderr().contains("Protocol error"), "{}", o.stderr());
     }
 }
+
+#[test]
+fn an_endless_run_of_empty_listings_is_a_protocol_error() {
+    // Empty DIRENTS frames pass every bound on entries and bytes, and
+    // would keep `ls` busy forever at no cost to the helper.
+    let scenario = "\
+kind, serial, _ = until(LIST)
+burst = dirents(serial, []) * 4096
+while True:
+    send(burst)
+";
+    let dir = tmp();
+    let mut h = hostile_handle(dir.path(), 0, scenario);
+    let (r, _) = bounded(move || h.list("/d"));
+    assert_eproto(&r.unwrap_err(), "empty DIRENTS");
+}
