@@ -166,7 +166,11 @@ fn cli_stat_and_ls_against_a_stop_flood_fail_at_once() {
         let o = run.run();
         assert_eq!(o.code, Some(1), "{op}: {o:?}");
         assert!(o.stderr().contains("STOP"), "{op}: {}", o.stderr());
-        assert!(o.stderr().contains("Protocol error"), "{op}: {}", o.stderr());
+        assert!(
+            o.stderr().contains("Protocol error"),
+            "{op}: {}",
+            o.stderr()
+        );
     }
 }
 
@@ -219,7 +223,10 @@ fn the_library_honours_smaller_list_limits() {
     let (r, _) = bounded(move || h.list("/big"));
     let e = r.unwrap_err();
     assert_eq!(e.errno(), libc::E2BIG);
-    assert!(e.to_string().contains("more than 4000 bytes of names"), "{e}");
+    assert!(
+        e.to_string().contains("more than 4000 bytes of names"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -668,24 +668,20 @@ pub(crate) fn simple(
             deadline = Some(Instant::now() + ctx.cancel_timeout);
         }
         conn.flush()?;
-        while let Some(msg) = conn.read_frame(serial)? {
-            match msg {
-                Incoming::Stop => {
-                    let name = frame.kind().name();
-                    return Err(conn.fail_protocol(format!(
-                        "helper sent STOP for {name} (serial {serial}), which has no stream to stop"
-                    )));
-                }
-                Incoming::Ok => return Ok(Reply::Ok),
-                Incoming::StatInfo(st) => return Ok(Reply::Stat(st)),
-                Incoming::Error { errno, message } => return Err(remote_error(errno, message)),
+        // Every frame ends the request: its one reply, or a protocol error.
+        if let Some(msg) = conn.read_frame(serial)? {
+            let name = frame.kind().name();
+            return match msg {
+                Incoming::Stop => Err(conn.fail_protocol(format!(
+                    "helper sent STOP for {name} (serial {serial}), which has no stream to stop"
+                ))),
+                Incoming::Ok => Ok(Reply::Ok),
+                Incoming::StatInfo(st) => Ok(Reply::Stat(st)),
+                Incoming::Error { errno, message } => Err(remote_error(errno, message)),
                 other => {
-                    let name = frame.kind().name();
-                    return Err(
-                        conn.fail_protocol(format!("helper sent {other:?} in reply to {name}"))
-                    );
+                    Err(conn.fail_protocol(format!("helper sent {other:?} in reply to {name}")))
                 }
-            }
+            };
         }
         if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, Some(Stopped::User)));

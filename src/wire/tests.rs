@@ -494,7 +494,13 @@ fn dirents_names_that_leave_the_directory_are_refused() {
         let h = decode_header(f[..HEADER_LEN].try_into().unwrap()).unwrap();
         let r = decode_frame(&h, &f[HEADER_LEN..]);
         assert!(
-            matches!(r, Err(DecodeError::Invalid { kind: FrameType::Dirents, .. })),
+            matches!(
+                r,
+                Err(DecodeError::Invalid {
+                    kind: FrameType::Dirents,
+                    ..
+                })
+            ),
             "{:?} was accepted: {r:?}",
             String::from_utf8_lossy(bad)
         );

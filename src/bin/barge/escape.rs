@@ -58,7 +58,10 @@ mod tests {
     #[test]
     fn plain_text_is_unchanged() {
         assert_eq!(escape(b"photo 2024.jpg"), "photo 2024.jpg");
-        assert_eq!(escape("caf\u{e9} \u{65e5}\u{672c}".as_bytes()), "caf\u{e9} \u{65e5}\u{672c}");
+        assert_eq!(
+            escape("caf\u{e9} \u{65e5}\u{672c}".as_bytes()),
+            "caf\u{e9} \u{65e5}\u{672c}"
+        );
     }
 
     #[test]

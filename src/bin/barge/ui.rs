@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use barge::{strerror, Error, Event, EventMask, Handle};
 use crate::escape::escape;
+use barge::{strerror, Error, Event, EventMask, Handle};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Progress bars (only when both stdout and stderr are terminals and not
