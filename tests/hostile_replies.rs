@@ -391,3 +391,17 @@ while True:
     let (r, _) = bounded(move || h.list("/d"));
     assert_eproto(&r.unwrap_err(), "empty DIRENTS");
 }
+
+#[test]
+fn a_stop_for_a_fast_path_get_before_it_started_is_a_protocol_error() {
+    // The peer is the handle's own child, so with the fast path offered
+    // and granted (feature 0x1) the download goes as GET_FD (0x41).
+    let dir = tmp();
+    let mut h = hostile_handle(dir.path(), 0x1, &stop_flood("0x41", ""));
+    h.set_fast_path(true);
+    h.launch().unwrap();
+    assert!(h.uses_fast_path());
+    let out = dir.path().join("out");
+    let (r, _) = bounded(move || h.download("/f", out));
+    assert_eproto(&r.unwrap_err(), "STOP for fast-path");
+}
