@@ -277,6 +277,18 @@ int barge_uses_fast_path(struct barge_h *h);
 int barge_set_chunk_size(struct barge_h *h, uint32_t bytes);
 
 /**
+ * How much one `barge_list` may keep: at most `max_entries` entries and
+ * `max_name_bytes` bytes of names. Defaults: 1000000 entries and 256 MiB
+ * of names, which bound the memory a helper can make the caller use.
+ * Past either, `barge_list` stops the listing and fails with `E2BIG`,
+ * its message naming the path and the bound. A listing larger than
+ * SIZE_MAX is impossible anyway, so any value is accepted.
+ */
+int barge_set_list_limits(struct barge_h *h,
+                          size_t max_entries,
+                          size_t max_name_bytes);
+
+/**
  * How long `barge_shutdown` waits for the helper to exit after asking it
  * to, before SIGTERM. Default 3000 ms.
  */
@@ -429,7 +441,9 @@ int barge_rename(struct barge_h *h, const char *from, const char *to);
  * entries that the caller owns and frees with
  * `barge_free_dirents(*entries, *count)`; an empty directory gives
  * `*entries == NULL` and `*count == 0`. `*entries` and `*count` are
- * written only on success.
+ * written only on success. A listing past `barge_set_list_limits` fails
+ * with E2BIG; a name from the helper that is empty, "." or "..", or
+ * holds '/', fails with EPROTO.
  */
 int barge_list(struct barge_h *h,
                const char *path,

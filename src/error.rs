@@ -52,6 +52,13 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// The peer sent more than a bound allows barge to keep (errno `E2BIG`
+    /// or `EFBIG`), e.g. a listing past [`crate::Handle::set_list_limits`].
+    /// The message names the path and the bound. The request was stopped;
+    /// a helper that did not stop it in time was killed.
+    #[error("{message}")]
+    Limit { errno: i32, message: String },
+
     /// A tree copy in keep-going mode finished, but some entries failed;
     /// everything else was copied. `errors` lists each failed path in the
     /// order met (never empty). errno: the first failure's.
@@ -71,13 +78,25 @@ pub struct PathError {
 }
 
 impl Error {
-    /// The errno that best describes the error.
+    /// The errno that best describes the error: always an error number
+    /// (1 to 4095, Linux's `MAX_ERRNO`). A value outside that range, which only a peer
+    /// could have supplied, reads as `EPROTO`.
     pub fn errno(&self) -> i32 {
+        let errno = self.raw_errno();
+        if is_errno(errno) {
+            errno
+        } else {
+            libc::EPROTO
+        }
+    }
+
+    fn raw_errno(&self) -> i32 {
         match self {
             Error::Cancelled => libc::ECANCELED,
             Error::Remote { errno, .. }
             | Error::Local { errno, .. }
-            | Error::Protocol { errno, .. } => *errno,
+            | Error::Protocol { errno, .. }
+            | Error::Limit { errno, .. } => *errno,
             Error::HelperDied { .. } => libc::ECONNRESET,
             Error::Restarting { .. } => libc::EAGAIN,
             Error::Timeout(_) => libc::ETIMEDOUT,
@@ -105,6 +124,17 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// The largest errno Linux can report: the kernel returns errors as
+/// -1..=-4095 (`MAX_ERRNO`), and no errno lies beyond.
+pub(crate) const MAX_ERRNO: i32 = 4095;
+
+/// Whether `errno` is an error number: 1 to [`MAX_ERRNO`]. A peer's errno
+/// outside that range (0 "Success", a negative, a huge one) is a protocol
+/// error and is reported as `EPROTO`.
+pub(crate) fn is_errno(errno: i32) -> bool {
+    (1..=MAX_ERRNO).contains(&errno)
 }
 
 /// The C library's text for an errno, without Rust's "(os error N)".

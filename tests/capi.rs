@@ -224,6 +224,7 @@ capi_tests! {
     tree => "test-tree";
     fork => "test-fork";
     sigpipe => "test-sigpipe";
+    hostile => "test-hostile";
 }
 
 /// The functions the header declares.

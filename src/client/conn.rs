@@ -26,6 +26,15 @@ const STDERR_TAIL_LINES: usize = 8;
 const STDERR_LINE_MAX: usize = 1024;
 /// Most of the helper's stderr read in one wait.
 const STDERR_DRAIN_MAX: usize = 64 << 10;
+/// Most frames [`Connection::read_frame`] returns between two waits. The
+/// next call then reports "nothing now" (`Ok(None)`), so a caller's read
+/// loop goes back to its own loop, which looks at the cancel flag and the
+/// deadline. Without it, a helper that never pauses (an endless run of
+/// STOP or DIRENTS frames) would keep a read loop spinning past ^C and
+/// past `cancel_timeout`. 64 frames of even the smallest kind are read
+/// in microseconds; 64 DATA frames are megabytes, so a healthy transfer
+/// pays one extra poll per many megabytes.
+const READ_BURST: u32 = 64;
 
 /// Why a connection can no longer be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +81,10 @@ pub(crate) enum Incoming {
         message: String,
     },
     StatInfo(StatRecord),
-    Dirents(Vec<(Vec<u8>, StatRecord)>),
+    /// A DIRENTS frame; its payload stays in the reader until
+    /// [`Connection::consume`], read through [`Connection::dirents`], so
+    /// the caller copies the names under its own bounds.
+    Dirents,
     /// The fast path's running total (COPIED).
     Copied(u64),
     /// A tree or resume frame; its payload stays in the reader until
@@ -100,6 +112,8 @@ pub(crate) struct Connection {
     pub fast_path: bool,
     /// The feature bits the handshake agreed on.
     pub features: u64,
+    /// Frames returned since the last wait (see [`READ_BURST`]).
+    burst: u32,
 }
 
 impl Connection {
@@ -127,6 +141,7 @@ impl Connection {
             hung_up: false,
             fast_path: false,
             features: 0,
+            burst: 0,
         }
     }
 
@@ -194,7 +209,18 @@ impl Connection {
     }
 
     /// Read one whole frame if one is available, without blocking.
+    ///
+    /// `Ok(None)` means "nothing to act on now": the channel has no whole
+    /// frame yet, or [`READ_BURST`] frames came since the last
+    /// [`Self::wait`] (the caller's loop must then get back to its cancel
+    /// and deadline checks; its wait returns at once, the channel being
+    /// readable).
     pub fn read_frame(&mut self, serial: u64) -> Result<Option<Incoming>, Error> {
+        if self.burst >= READ_BURST {
+            self.burst = 0;
+            return Ok(None);
+        }
+        self.burst += 1;
         let header = match self.reader.fill(self.channel.as_raw_fd()) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
@@ -247,6 +273,10 @@ impl Connection {
                 // The payload stays in the reader until consume().
                 return Ok(Some(Incoming::Ext(header.kind)));
             }
+            Frame::Dirents(_) => {
+                // The payload stays in the reader until consume().
+                return Ok(Some(Incoming::Dirents));
+            }
             Frame::End { len, checksum } => Incoming::End { len, checksum },
             Frame::Cancel => Incoming::Cancel,
             Frame::Stop if header.serial != serial => {
@@ -260,14 +290,24 @@ impl Connection {
             Frame::Stop => Incoming::Stop,
             Frame::SourceInfo { size, mode } => Incoming::SourceInfo { size, mode },
             Frame::Ok => Incoming::Ok,
-            Frame::Error { errno, message } => Incoming::Error {
-                errno,
-                message: String::from_utf8_lossy(message).into_owned(),
-            },
-            Frame::StatInfo(st) => Incoming::StatInfo(st),
-            Frame::Dirents(d) => {
-                Incoming::Dirents(d.iter().map(|(n, st)| (n.to_vec(), st)).collect())
+            Frame::Error { errno, message } => {
+                // At most MAX_CONTROL bytes: the frame's own bound.
+                let message = String::from_utf8_lossy(message).into_owned();
+                if crate::error::is_errno(errno) {
+                    Incoming::Error { errno, message }
+                } else {
+                    // errno 0 would read as success ("(Success)", a C
+                    // caller's errno 0 after -1), a negative or huge one
+                    // as nothing at all: the peer broke the protocol.
+                    Incoming::Error {
+                        errno: libc::EPROTO,
+                        message: format!(
+                            "{message} (the helper's ERROR for serial {serial} carried errno {errno}, which is not an error number)"
+                        ),
+                    }
+                }
             }
+            Frame::StatInfo(st) => Incoming::StatInfo(st),
             Frame::Copied { total } => Incoming::Copied(total),
             other => {
                 let msg = format!(
@@ -292,6 +332,15 @@ impl Connection {
     pub fn ext_frame(&self) -> Frame<'_> {
         let header = self.reader.header.expect("a frame is in hand");
         wire::decode_frame(&header, self.reader.payload()).expect("decoded once already")
+    }
+
+    /// The DIRENTS frame last returned by [`Self::read_frame`] as
+    /// [`Incoming::Dirents`]. It was checked when read.
+    pub fn dirents(&self) -> wire::Dirents<'_> {
+        match self.ext_frame() {
+            Frame::Dirents(d) => d,
+            _ => unreachable!("read_frame returned Incoming::Dirents"),
+        }
     }
 
     /// Queue frames that are already encoded, whole. Only while no DATA
@@ -402,6 +451,7 @@ impl Connection {
             fds[3] = sys::pollfd(fd, ev);
         }
         let timeout = sys::remaining(deadline);
+        self.burst = 0;
         sys::poll(&mut fds, timeout).map_err(|e| Error::local("poll", e))?;
         if fds[1].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             self.hung_up = true;

@@ -129,6 +129,11 @@ fn run(
                     progress.set_total((size != UNKNOWN_SIZE).then_some(size));
                     on_source(size, mode);
                 }
+                Incoming::Stop if !started => {
+                    return Err(conn.fail_protocol(format!(
+                        "helper sent STOP for fast-path request {serial} before it started; there is nothing to stop"
+                    )));
+                }
                 Incoming::Stop => {}
                 Incoming::Ok => {
                     progress.finish(ctx.events);

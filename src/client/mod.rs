@@ -17,7 +17,7 @@ mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +69,12 @@ pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default for [`Handle::set_launch_timeout`].
 pub const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default entry limit of [`Handle::set_list_limits`]: a million entries,
+/// far beyond any directory a person browses, and about 100 MiB of memory.
+pub const DEFAULT_LIST_MAX_ENTRIES: usize = 1_000_000;
+/// Default name-byte limit of [`Handle::set_list_limits`]: 256 MiB, room
+/// for a million names of 255 bytes (NAME_MAX) each.
+pub const DEFAULT_LIST_MAX_NAME_BYTES: usize = 256 << 20;
 /// Default for [`Handle::set_progress_interval`].
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// A helper that dies sooner than this after launch counts as a crash loop.
@@ -90,6 +96,7 @@ struct Config {
     fast_path: Option<bool>,
     tree: tree::TreeOptions,
     keep_partial: bool,
+    list_limits: transfer::ListLimits,
 }
 
 /// The feature bits this client offers in HELLO.
@@ -180,6 +187,10 @@ impl Handle {
                     keep_going: false,
                 },
                 keep_partial: false,
+                list_limits: transfer::ListLimits {
+                    max_entries: DEFAULT_LIST_MAX_ENTRIES,
+                    max_name_bytes: DEFAULT_LIST_MAX_NAME_BYTES,
+                },
             },
             cancel: Arc::new(CancelState::new().map_err(|e| Error::local("eventfd", e))?),
             events: Events::default(),
@@ -329,6 +340,19 @@ impl Handle {
     /// ever left.
     pub fn set_keep_partial(&mut self, enable: bool) {
         self.config.keep_partial = enable;
+    }
+
+    /// How much one [`Handle::list`] may keep: at most `max_entries`
+    /// entries and `max_name_bytes` bytes of names (defaults
+    /// [`DEFAULT_LIST_MAX_ENTRIES`] and [`DEFAULT_LIST_MAX_NAME_BYTES`]).
+    /// These bound the memory a helper can make the client use; past
+    /// either, the listing is stopped and fails with [`Error::Limit`]
+    /// (`E2BIG`), naming the path and the bound.
+    pub fn set_list_limits(&mut self, max_entries: usize, max_name_bytes: usize) {
+        self.config.list_limits = transfer::ListLimits {
+            max_entries,
+            max_name_bytes,
+        };
     }
 
     /// A canceller for this handle, usable from any thread and from signal
@@ -567,16 +591,16 @@ impl Handle {
     }
 
     /// The entries of the remote directory `remote`, without `.` and `..`.
+    ///
+    /// At most the entries and name bytes [`Handle::set_list_limits`]
+    /// allows are kept; a longer listing is stopped and fails with
+    /// [`Error::Limit`] (`E2BIG`). A name that is empty, `.`, `..`, or
+    /// holds `/` or NUL is a protocol error (`EPROTO`): a helper cannot
+    /// make a caller that joins names to the path leave the directory.
     pub fn list(&mut self, remote: impl AsRef<Path>) -> Result<Vec<DirEntry>> {
         let path = remote.as_ref().as_os_str().as_bytes();
-        let raw = self.run(|conn, ctx| transfer::list(conn, ctx, path))?;
-        Ok(raw
-            .into_iter()
-            .map(|(name, stat)| DirEntry {
-                name: OsString::from_vec(name),
-                stat,
-            })
-            .collect())
+        let limits = self.config.list_limits;
+        self.run(|conn, ctx| transfer::list(conn, ctx, path, limits))
     }
 
     /// Create a remote directory (mode 0777 less the helper's umask). With

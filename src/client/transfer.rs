@@ -11,13 +11,16 @@
 //!   before the cancel took effect returns its result. One that was cut
 //!   short returns `Error::Cancelled`.
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelState;
 use crate::client::conn::{Broken, Connection, Incoming, SpliceFailed};
 use crate::client::events::{Events, Progress};
 use crate::client::local::{LocalFile, SigpipeGuard};
+use crate::client::DirEntry;
 use crate::error::Error;
 use crate::file_sink::FileSink;
 use crate::wire::{Frame, StatRecord, StreamChecksum, UNKNOWN_SIZE};
@@ -289,6 +292,8 @@ fn get_stream(
     let mut end_matched = false;
     // Bytes of the DATA frame in hand already written to dst.
     let mut pending: Option<usize> = None;
+    // SOURCE_INFO or DATA has come: the helper's stream has begun.
+    let mut streaming = false;
     let mut dst_ready = !dst.needs_poll_before_io();
 
     loop {
@@ -404,10 +409,12 @@ fn get_stream(
             };
             match msg {
                 Incoming::SourceInfo { size, mode } => {
+                    streaming = true;
                     progress.set_total((size != UNKNOWN_SIZE).then_some(size));
                     on_source(size, mode);
                 }
                 Incoming::Data => {
+                    streaming = true;
                     if stopped.is_some() || stream_over {
                         conn.consume();
                     } else {
@@ -426,6 +433,15 @@ fn get_stream(
                     end_matched = sum.matches(len, checksum);
                 }
                 Incoming::Cancel => stream_over = true,
+                Incoming::Stop if !streaming => {
+                    return Err(conn.fail_protocol(format!(
+                        "helper sent STOP for GET {} before its stream began; there is nothing to stop",
+                        String::from_utf8_lossy(remote)
+                    )));
+                }
+                // The client sends nothing on a GET: a STOP from the helper
+                // means nothing, and READ_BURST keeps a run of them from
+                // holding the loop away from the cancel and the deadline.
                 Incoming::Stop => {}
                 Incoming::Ok if !stream_over => {
                     return Err(
@@ -489,43 +505,151 @@ fn get_stream(
     }
 }
 
-/// LIST `remote`: collect DIRENTS until the final reply.
+/// What a listing may make the client keep (see
+/// [`crate::Handle::set_list_limits`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ListLimits {
+    pub max_entries: usize,
+    pub max_name_bytes: usize,
+}
+
+/// LIST `remote`: collect DIRENTS until the final reply, within `limits`.
+///
+/// Past a limit (or when memory for the entries cannot be had) the listing
+/// is stopped as a user cancel stops it: STOP, then further DIRENTS are
+/// dropped unread until the helper's final reply, for at most the cancel
+/// timeout. An honest helper answers within one frame and stays usable (a
+/// large directory is no fault of its own); one that keeps sending is
+/// killed at the deadline. Either way the call returns the limit's error.
 pub(crate) fn list(
     conn: &mut Connection,
     ctx: &mut OpCtx<'_>,
     remote: &[u8],
-) -> Result<Vec<(Vec<u8>, StatRecord)>, Error> {
+    limits: ListLimits,
+) -> Result<Vec<DirEntry>, Error> {
     let serial = conn.next_serial();
     conn.queue(&Frame::List { path: remote }, serial)?;
-    let mut entries = Vec::new();
+    let mut entries: Vec<DirEntry> = Vec::new();
+    let mut name_bytes = 0usize;
+    let mut stopped: Option<Stopped> = None;
+    let mut stop_sent = false;
     let mut deadline: Option<Instant> = None;
     loop {
         if ctx.cancel.is_requested() && deadline.is_none() {
             deadline = Some(Instant::now() + ctx.cancel_timeout);
+            stopped.get_or_insert(Stopped::User);
+        }
+        if stopped.is_some() && !stop_sent {
+            deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
             conn.queue(&Frame::Stop, serial)?;
+            stop_sent = true;
         }
         conn.flush()?;
         while let Some(msg) = conn.read_frame(serial)? {
             match msg {
-                Incoming::Dirents(mut batch) => {
-                    if deadline.is_none() {
-                        entries.append(&mut batch);
+                Incoming::Dirents => {
+                    if conn.dirents().is_empty() {
+                        // The helper sends only full batches; empty ones
+                        // could keep a listing going forever at no cost
+                        // and under every bound.
+                        return Err(conn.fail_protocol(format!(
+                            "helper sent an empty DIRENTS for LIST {}",
+                            String::from_utf8_lossy(remote)
+                        )));
+                    }
+                    if stopped.is_none() {
+                        let batch = conn.dirents();
+                        if let Err(e) =
+                            keep_dirents(&mut entries, &mut name_bytes, batch, remote, limits)
+                        {
+                            // Nothing more is kept: free what was.
+                            entries = Vec::new();
+                            stopped = Some(Stopped::Local(e));
+                        }
+                    }
+                    conn.consume();
+                    if stopped.is_some() && !stop_sent {
+                        break;
                     }
                 }
-                Incoming::Stop => {}
-                Incoming::Ok if deadline.is_some() => return Err(Error::Cancelled),
-                Incoming::Ok => return Ok(entries),
-                Incoming::Error { .. } if deadline.is_some() => return Err(Error::Cancelled),
-                Incoming::Error { errno, message } => return Err(remote_error(errno, message)),
+                Incoming::Stop => {
+                    return Err(conn.fail_protocol(format!(
+                        "helper sent STOP for LIST {}, which has no stream of the client's to stop",
+                        String::from_utf8_lossy(remote)
+                    )));
+                }
+                Incoming::Ok | Incoming::Error { .. } => {
+                    return match (stopped, msg) {
+                        (Some(Stopped::Local(e)), _) => Err(e),
+                        (Some(_), _) => Err(Error::Cancelled),
+                        (None, Incoming::Error { errno, message }) => {
+                            Err(remote_error(errno, message))
+                        }
+                        (None, _) => Ok(entries),
+                    };
+                }
                 other => {
                     return Err(conn.fail_protocol(format!("helper sent {other:?} during LIST")))
                 }
             }
         }
+        if stopped.is_some() && !stop_sent {
+            continue;
+        }
         if wait_channel(conn, ctx, deadline)? {
-            return Err(unresponsive(conn, Some(Stopped::User)));
+            return Err(unresponsive(conn, stopped.or(Some(Stopped::User))));
         }
     }
+}
+
+/// Append one DIRENTS frame's entries to `entries`, within `limits`. The
+/// memory is reserved fallibly: running out is an error, not an abort.
+fn keep_dirents(
+    entries: &mut Vec<DirEntry>,
+    name_bytes: &mut usize,
+    batch: crate::wire::Dirents<'_>,
+    remote: &[u8],
+    limits: ListLimits,
+) -> Result<(), Error> {
+    let path = String::from_utf8_lossy(remote);
+    if entries.len() + batch.len() > limits.max_entries {
+        return Err(Error::Limit {
+            errno: libc::E2BIG,
+            message: format!(
+                "listing of {path} has more than {} entries, the limit (see set_list_limits)",
+                limits.max_entries
+            ),
+        });
+    }
+    let out_of_memory = |what: &str, kept: usize| Error::Local {
+        errno: libc::ENOMEM,
+        message: format!("listing of {path}: no memory for {what} after {kept} entries"),
+    };
+    entries
+        .try_reserve(batch.len())
+        .map_err(|_| out_of_memory("the entries", entries.len()))?;
+    for (name, stat) in batch.iter() {
+        *name_bytes += name.len();
+        if *name_bytes > limits.max_name_bytes {
+            return Err(Error::Limit {
+                errno: libc::E2BIG,
+                message: format!(
+                    "listing of {path} has more than {} bytes of names, the limit (see set_list_limits)",
+                    limits.max_name_bytes
+                ),
+            });
+        }
+        let mut owned = Vec::new();
+        owned
+            .try_reserve_exact(name.len())
+            .map_err(|_| out_of_memory("a name", entries.len()))?;
+        owned.extend_from_slice(name);
+        entries.push(DirEntry {
+            name: OsString::from_vec(owned),
+            stat,
+        });
+    }
+    Ok(())
 }
 
 /// A request with one final reply and no stream: STAT, MKDIR, REMOVE,
@@ -544,19 +668,20 @@ pub(crate) fn simple(
             deadline = Some(Instant::now() + ctx.cancel_timeout);
         }
         conn.flush()?;
-        while let Some(msg) = conn.read_frame(serial)? {
-            match msg {
-                Incoming::Stop => {}
-                Incoming::Ok => return Ok(Reply::Ok),
-                Incoming::StatInfo(st) => return Ok(Reply::Stat(st)),
-                Incoming::Error { errno, message } => return Err(remote_error(errno, message)),
+        // Every frame ends the request: its one reply, or a protocol error.
+        if let Some(msg) = conn.read_frame(serial)? {
+            let name = frame.kind().name();
+            return match msg {
+                Incoming::Stop => Err(conn.fail_protocol(format!(
+                    "helper sent STOP for {name} (serial {serial}), which has no stream to stop"
+                ))),
+                Incoming::Ok => Ok(Reply::Ok),
+                Incoming::StatInfo(st) => Ok(Reply::Stat(st)),
+                Incoming::Error { errno, message } => Err(remote_error(errno, message)),
                 other => {
-                    let name = frame.kind().name();
-                    return Err(
-                        conn.fail_protocol(format!("helper sent {other:?} in reply to {name}"))
-                    );
+                    Err(conn.fail_protocol(format!("helper sent {other:?} in reply to {name}")))
                 }
-            }
+            };
         }
         if wait_channel(conn, ctx, deadline)? {
             return Err(unresponsive(conn, Some(Stopped::User)));

@@ -284,6 +284,30 @@ pub unsafe extern "C" fn barge_set_chunk_size(h: *mut barge_h, bytes: u32) -> c_
     })
 }
 
+/// How much one `barge_list` may keep: at most `max_entries` entries and
+/// `max_name_bytes` bytes of names. Defaults: 1000000 entries and 256 MiB
+/// of names, which bound the memory a helper can make the caller use.
+/// Past either, `barge_list` stops the listing and fails with `E2BIG`,
+/// its message naming the path and the bound. A listing larger than
+/// SIZE_MAX is impossible anyway, so any value is accepted.
+#[no_mangle]
+pub unsafe extern "C" fn barge_set_list_limits(
+    h: *mut barge_h,
+    max_entries: usize,
+    max_name_bytes: usize,
+) -> c_int {
+    boundary("barge_set_list_limits", || {
+        // SAFETY: h per this function's contract.
+        unsafe {
+            with_handle(h, |hd| {
+                hd.set_list_limits(max_entries, max_name_bytes);
+                Ok(())
+            })
+        }?;
+        Ok(0)
+    })
+}
+
 /// How long `barge_shutdown` waits for the helper to exit after asking it
 /// to, before SIGTERM. Default 3000 ms.
 #[no_mangle]

@@ -218,7 +218,9 @@ pub unsafe extern "C" fn barge_rename(
 /// entries that the caller owns and frees with
 /// `barge_free_dirents(*entries, *count)`; an empty directory gives
 /// `*entries == NULL` and `*count == 0`. `*entries` and `*count` are
-/// written only on success.
+/// written only on success. A listing past `barge_set_list_limits` fails
+/// with E2BIG; a name from the helper that is empty, "." or "..", or
+/// holds '/', fails with EPROTO.
 #[no_mangle]
 pub unsafe extern "C" fn barge_list(
     h: *mut barge_h,
@@ -233,10 +235,25 @@ pub unsafe extern "C" fn barge_list(
         let count = arg_out(count, "count")?;
         // SAFETY: h per this function's contract.
         let list = unsafe { with_handle(h, |hd| Ok(hd.list(path)?)) }?;
-        let mut out = Vec::with_capacity(list.len());
+        // The caller's copy is reserved fallibly: a listing within the
+        // handle's limits may still not fit in memory, which is ENOMEM,
+        // not an abort.
+        let no_memory = || FfiError::new(libc::ENOMEM, "no memory for the listing's copy");
+        let mut out = Vec::new();
+        out.try_reserve_exact(list.len()).map_err(|_| no_memory())?;
         for e in &list {
-            let name = CString::new(e.name.as_bytes())
-                .map_err(|_| FfiError::new(libc::EPROTO, "the helper sent a name with a NUL byte"));
+            let bytes = e.name.as_bytes();
+            let mut owned = Vec::new();
+            let name = match owned.try_reserve_exact(bytes.len() + 1) {
+                Ok(()) => {
+                    owned.extend_from_slice(bytes);
+                    // With room for the NUL already, this does not allocate.
+                    CString::new(owned).map_err(|_| {
+                        FfiError::new(libc::EPROTO, "the helper sent a name with a NUL byte")
+                    })
+                }
+                Err(_) => Err(no_memory()),
+            };
             let name = match name {
                 Ok(n) => n,
                 Err(err) => {

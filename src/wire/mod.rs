@@ -501,6 +501,20 @@ pub fn dirent_fits_alone(name: &[u8]) -> bool {
     4 + STAT_RECORD_LEN + 4 + name.len() <= MAX_CONTROL as usize
 }
 
+/// A DIRENTS name must be one plain entry of the listed directory: not
+/// empty, not `.` or `..`, without `/` (NUL is refused as in any path).
+/// Checked here, where every DIRENTS is decoded, so no caller can meet a
+/// name that joined to the directory's path would lead out of it.
+fn check_entry_name(kind: FrameType, name: &[u8]) -> Result<(), DecodeError> {
+    let what = match name {
+        b"" => "an empty entry name",
+        b"." | b".." => "an entry name that is '.' or '..'",
+        _ if name.contains(&b'/') => "an entry name containing '/'",
+        _ => return Ok(()),
+    };
+    Err(DecodeError::Invalid { kind, what })
+}
+
 /// Decode a payload whose header has already passed [`decode_header`].
 pub fn decode_frame<'a>(header: &Header, payload: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
     let kind = header.kind;
@@ -586,7 +600,7 @@ pub fn decode_frame<'a>(header: &Header, payload: &'a [u8]) -> Result<Frame<'a>,
             let mut check = Reader::new(kind, records);
             for _ in 0..count {
                 check.stat()?;
-                check.path()?;
+                check_entry_name(kind, check.path()?)?;
             }
             check.finish()?;
             return Ok(Frame::Dirents(Dirents { count, records }));

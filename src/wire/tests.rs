@@ -482,3 +482,27 @@ fn checksum_is_crc64_nvme() {
         assert_eq!(sum.len(), n as u64);
     }
 }
+
+#[test]
+fn dirents_names_that_leave_the_directory_are_refused() {
+    for bad in [&b""[..], b".", b"..", b"a/../../etc/passwd", b"/etc", b"x/"] {
+        let mut b = DirentsBuilder::new();
+        assert!(b.push(b"fine", &sample_stat()));
+        assert!(b.push(bad, &sample_stat()));
+        let mut f = Vec::new();
+        b.finish_into(3, &mut f);
+        let h = decode_header(f[..HEADER_LEN].try_into().unwrap()).unwrap();
+        let r = decode_frame(&h, &f[HEADER_LEN..]);
+        assert!(
+            matches!(
+                r,
+                Err(DecodeError::Invalid {
+                    kind: FrameType::Dirents,
+                    ..
+                })
+            ),
+            "{:?} was accepted: {r:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}

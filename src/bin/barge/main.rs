@@ -8,6 +8,7 @@
 //! handler and the line editor share the terminal.
 
 mod args;
+mod escape;
 mod launcher;
 mod ops;
 mod shell;

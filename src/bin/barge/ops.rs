@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use barge::{strerror, DirEntry, Error, Handle, RemoteStat};
 
 use crate::args::{Op, TransferOpts};
+use crate::escape::escape;
 use crate::ui::Ui;
 
 /// Why a command did not succeed.
@@ -68,7 +69,8 @@ pub fn run(h: &mut Handle, op: &Op, ui: &Ui, mode: Mode) -> Result<(), Failure> 
                 if *long {
                     out.extend_from_slice(long_line(e).as_bytes());
                 }
-                out.extend_from_slice(e.name.as_bytes());
+                // The helper's names: escaped, as `ls -b` would print them.
+                out.extend_from_slice(escape(e.name.as_bytes()).as_bytes());
                 out.push(b'\n');
             }
             write_stdout(&out)

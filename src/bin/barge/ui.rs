@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::escape::escape;
 use barge::{strerror, Error, Event, EventMask, Handle};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -55,9 +56,7 @@ impl Ui {
                 EventMask::LAUNCHED | EventMask::LOG | EventMask::SHUTDOWN,
                 move |ev| match ev {
                     Event::Launched { pid } => ui.note(&format!("helper pid {pid} started")),
-                    Event::Log { line } => {
-                        ui.note(&format!("helper: {}", String::from_utf8_lossy(line)))
-                    }
+                    Event::Log { line } => ui.note_bytes(&[&b"helper: "[..], line].concat()),
                     Event::Shutdown {
                         pid,
                         status,
@@ -117,8 +116,16 @@ impl Ui {
         bar.set_position(done);
     }
 
-    /// A line for stderr that must not tear a bar being drawn.
+    /// A line for stderr that must not tear a bar being drawn. Its control
+    /// characters are escaped: error messages and LOG lines carry the
+    /// helper's words (see `escape`).
     pub fn note(&self, line: &str) {
+        self.note_bytes(line.as_bytes());
+    }
+
+    /// [`Ui::note`] for bytes that may not be UTF-8 (a LOG line).
+    pub fn note_bytes(&self, line: &[u8]) {
+        let line = escape(line);
         let guard = self.lock();
         match guard.as_ref().and_then(|t| t.bar.as_ref()) {
             Some(bar) => bar.suspend(|| eprintln!("barge: {line}")),
@@ -142,7 +149,7 @@ fn new_bar(label: &str, total: Option<u64>) -> ProgressBar {
         .expect("the templates above are valid")
         .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(label.to_string());
+    bar.set_prefix(escape(label.as_bytes()));
     bar
 }
 
