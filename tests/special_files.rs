@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use barge::{Error, Handle};
@@ -78,9 +78,19 @@ fn mknod_null(p: &Path) -> u64 {
 
 /// A thread that opens the FIFO for reading (waiting for a writer, as a
 /// reader does) and reads it to its end.
-fn reader(fifo: &Path) -> JoinHandle<Vec<u8>> {
+fn reader(fifo: &Path) -> Receiver<Vec<u8>> {
     let fifo = fifo.to_path_buf();
-    std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(std::fs::read(fifo).unwrap()));
+    rx
+}
+
+/// What the reader got. A reader left waiting (no writer ever came, or the
+/// FIFO was replaced under it) fails the test after [`LIMIT`].
+fn read_by(reader: Receiver<Vec<u8>>) -> Vec<u8> {
+    reader
+        .recv_timeout(LIMIT)
+        .expect("the FIFO's reader got no end of data")
 }
 
 fn is_fifo(p: &Path) -> bool {
@@ -116,7 +126,7 @@ fn a_fifo_with_a_reader_gets_the_bytes_and_stays_a_fifo() {
             if fast {
                 assert!(h.uses_fast_path(), "the fast path was not in use");
             }
-            let got = got.join().unwrap();
+            let got = read_by(got);
             assert!(got == data, "{dir:?} fast={fast}: reader got {} bytes", got.len());
             assert!(is_fifo(&fifo), "{dir:?} fast={fast}: FIFO replaced");
             assert_no_temp(d.path());
@@ -181,7 +191,7 @@ fn a_symlink_to_a_fifo_is_written_through() {
             let got = reader(&fifo);
             let (_h, r) = transfer_within(h(fast), dir, &src, &link);
             r.unwrap_or_else(|e| panic!("{dir:?} fast={fast}: {e}"));
-            assert!(got.join().unwrap() == data, "{dir:?} fast={fast}");
+            assert!(read_by(got) == data, "{dir:?} fast={fast}");
             assert_eq!(link_text(&link), fifo);
             assert!(is_fifo(&fifo));
         }
@@ -261,7 +271,7 @@ fn a_fifo_without_a_reader_can_be_cancelled_and_the_handle_stays_usable() {
             let got = reader(&fifo);
             let (_h, r) = transfer_within(h, dir, &src, &fifo);
             r.unwrap_or_else(|e| panic!("{dir:?} fast={fast} after the cancel: {e}"));
-            assert!(got.join().unwrap() == data);
+            assert!(read_by(got) == data);
         }
     }
 }
@@ -302,16 +312,17 @@ fn a_download_onto_a_proc_magic_link_writes_into_what_it_opens() {
     let link = d.path().join("stdout");
     let fd = std::os::fd::AsRawFd::as_raw_fd(&w);
     std::os::unix::fs::symlink(format!("/proc/self/fd/{fd}"), &link).unwrap();
-    let got = std::thread::spawn(move || {
+    let (tx, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut v).unwrap();
-        v
+        tx.send(v)
     });
     let (hd, res) = transfer_within(h(false), Dir::Get, &src, &link);
     res.unwrap();
     drop(hd);
     drop(w);
-    assert!(got.join().unwrap() == data);
+    assert!(read_by(got) == data);
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
