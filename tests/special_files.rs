@@ -45,17 +45,16 @@ fn transfer(h: &mut Handle, dir: Dir, src: &Path, dst: &Path) -> barge::Result<(
 
 /// The same, on a thread, failing the test after [`LIMIT`]; the handle
 /// comes back.
-fn transfer_within(
-    mut h: Handle,
-    dir: Dir,
-    src: &Path,
-    dst: &Path,
-) -> (Handle, barge::Result<()>) {
+fn transfer_within(mut h: Handle, dir: Dir, src: &Path, dst: &Path) -> (Handle, barge::Result<()>) {
     let (src, dst) = (src.to_path_buf(), dst.to_path_buf());
-    within(LIMIT, &format!("{dir:?} onto {}", dst.display()), move || {
-        let r = transfer(&mut h, dir, &src, &dst);
-        (h, r)
-    })
+    within(
+        LIMIT,
+        &format!("{dir:?} onto {}", dst.display()),
+        move || {
+            let r = transfer(&mut h, dir, &src, &dst);
+            (h, r)
+        },
+    )
 }
 
 fn cstr(p: &Path) -> CString {
@@ -72,7 +71,12 @@ fn mknod_null(p: &Path) -> u64 {
     let dev = libc::makedev(1, 3);
     // SAFETY: a NUL-terminated path; no other pointers.
     let r = unsafe { libc::mknod(cstr(p).as_ptr(), libc::S_IFCHR | 0o666, dev) };
-    assert_eq!(r, 0, "mknod needs root: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "mknod needs root: {}",
+        std::io::Error::last_os_error()
+    );
     dev
 }
 
@@ -99,7 +103,10 @@ fn is_fifo(p: &Path) -> bool {
 
 fn link_text(p: &Path) -> PathBuf {
     assert!(
-        std::fs::symlink_metadata(p).unwrap().file_type().is_symlink(),
+        std::fs::symlink_metadata(p)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
         "{} is no longer a symlink",
         p.display()
     );
@@ -127,7 +134,11 @@ fn a_fifo_with_a_reader_gets_the_bytes_and_stays_a_fifo() {
                 assert!(h.uses_fast_path(), "the fast path was not in use");
             }
             let got = read_by(got);
-            assert!(got == data, "{dir:?} fast={fast}: reader got {} bytes", got.len());
+            assert!(
+                got == data,
+                "{dir:?} fast={fast}: reader got {} bytes",
+                got.len()
+            );
             assert!(is_fifo(&fifo), "{dir:?} fast={fast}: FIFO replaced");
             assert_no_temp(d.path());
         }
@@ -170,7 +181,10 @@ fn a_symlink_to_a_regular_file_is_followed_and_the_file_replaced_atomically() {
             let (_h, r) = transfer_within(h(fast), dir, &src, &link);
             r.unwrap_or_else(|e| panic!("{dir:?} fast={fast}: {e}"));
             assert_eq!(link_text(&link), Path::new("../target"));
-            assert!(std::fs::read(&target).unwrap() == data, "{dir:?} fast={fast}");
+            assert!(
+                std::fs::read(&target).unwrap() == data,
+                "{dir:?} fast={fast}"
+            );
             // Replaced by a rename, not written in place.
             assert_ne!(std::fs::metadata(&target).unwrap().ino(), old_ino);
             assert_no_temp(d.path());
@@ -210,7 +224,10 @@ fn a_dangling_symlink_is_refused_and_nothing_is_created() {
             let e = r.expect_err("a dangling symlink must be refused");
             assert_eq!(e.errno(), libc::ENOENT, "{dir:?} fast={fast}: {e}");
             assert!(e.to_string().contains("dangling symlink"), "{e}");
-            assert!(!d.path().join("missing").exists(), "{dir:?}: target created");
+            assert!(
+                !d.path().join("missing").exists(),
+                "{dir:?}: target created"
+            );
             assert_eq!(link_text(&link), Path::new("missing"));
             assert_no_temp(d.path());
         }
@@ -256,11 +273,11 @@ fn a_fifo_without_a_reader_can_be_cancelled_and_the_handle_stays_usable() {
             let (h, r) = transfer_within(h, dir, &src, &fifo);
             cancel.join().unwrap();
             let e = r.expect_err("nobody reads the FIFO: the transfer cannot complete");
-            assert!(
-                matches!(e, Error::Cancelled),
-                "{dir:?} fast={fast}: {e:?}"
+            assert!(matches!(e, Error::Cancelled), "{dir:?} fast={fast}: {e:?}");
+            eprintln!(
+                "{dir:?} fast={fast}: cancelled after {:?}",
+                started.elapsed()
             );
-            eprintln!("{dir:?} fast={fast}: cancelled after {:?}", started.elapsed());
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "{dir:?} fast={fast}: cancel took {:?}",
@@ -327,4 +344,29 @@ fn a_download_onto_a_proc_magic_link_writes_into_what_it_opens() {
         .unwrap()
         .file_type()
         .is_symlink());
+}
+
+#[test]
+fn on_the_helpers_side_a_symlink_is_followed_within_the_root() {
+    let outside = tempdir();
+    let victim = write_file(&outside.path().join("victim"), b"must stay");
+    let root = tempdir();
+    let (src, data) = source(root.path(), 10);
+    write_file(&root.path().join("target"), b"old");
+    // An absolute target means the root's /target, not the host's.
+    std::os::unix::fs::symlink("/target", root.path().join("abs")).unwrap();
+    // A target that climbs out of the root is refused.
+    let climb = format!("../../../../../../..{}", victim.display());
+    std::os::unix::fs::symlink(&climb, root.path().join("climb")).unwrap();
+    let mut h = h(false);
+    h.set_root(Some(root.path())).unwrap();
+    let (h, r) = transfer_within(h, Dir::Put, &src, Path::new("/abs"));
+    r.unwrap();
+    assert!(std::fs::read(root.path().join("target")).unwrap() == data);
+    assert_eq!(link_text(&root.path().join("abs")), Path::new("/target"));
+    let (_h, r) = transfer_within(h, Dir::Put, &src, Path::new("/climb"));
+    let e = r.expect_err("a link out of the root must not be followed");
+    assert_eq!(e.errno(), libc::EXDEV, "{e}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"must stay");
+    assert_eq!(link_text(&root.path().join("climb")), Path::new(&climb));
 }

@@ -302,9 +302,9 @@ pub(crate) fn destination(path: &Path) -> Result<Destination, Error> {
 }
 
 fn replace(path: &Path) -> Result<Destination, Error> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::local(path.display(), io::Error::from_raw_os_error(libc::EISDIR))
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::local(path.display(), io::Error::from_raw_os_error(libc::EISDIR)))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -360,10 +360,7 @@ const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 /// tried again after a poll of the cancel fd whose timeout grows from 1 to
 /// 50 ms (nothing signals a reader's arrival to a process without the
 /// FIFO open). A cancel ends the wait with [`Error::Cancelled`].
-pub(crate) fn open_special(
-    path: &Path,
-    cancel: &CancelState,
-) -> Result<LocalFile<'static>, Error> {
+pub(crate) fn open_special(path: &Path, cancel: &CancelState) -> Result<LocalFile<'static>, Error> {
     let name = path.display();
     let c = path_cstring(path).map_err(|e| Error::local(&name, e))?;
     let mut wait_ms = 1;

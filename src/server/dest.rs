@@ -142,7 +142,7 @@ impl Session<'_, '_> {
             let (len, checksum) = match step {
                 Ok(end) => end,
                 Err(len) => {
-                        // A FIFO whose reader left gives EPIPE: the helper
+                    // A FIFO whose reader left gives EPIPE: the helper
                     // ignores SIGPIPE (Rust's runtime does), as for its
                     // output.
                     if let Err(e) = self.write_special(fd.as_fd(), len)? {
