@@ -8,7 +8,11 @@
 //! A process killed before that drop cannot unlink it, so a hidden file is
 //! held with `flock` while in use, and the next hidden file for the same
 //! name removes the ones nobody holds (see [`remove_stale_hidden`]).
-//! Both the helper (uploads) and the client (downloads) use this.
+//! Both the helper (uploads) and the client (downloads) use this, for a
+//! destination that is a regular file or does not exist yet. A FIFO or
+//! device at the destination is written into instead and never replaced,
+//! and a symlink there is followed first (docs/PROTOCOL.md, "Special files
+//! at the destination").
 
 use std::ffi::{CStr, CString};
 use std::fs::File;

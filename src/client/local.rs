@@ -11,14 +11,23 @@
 //!   polls before every read, and writes at most `PIPE_BUF` bytes after each
 //!   POLLOUT, which a pipe accepts without blocking.
 //!
+//! A download to a path goes where [`destination`] says: a regular file is
+//! replaced atomically (see `atomic_file`); an existing FIFO or device,
+//! directly or through symlinks, is opened by [`open_special`] and written
+//! into, never replaced.
+//!
 //! Writes to pipes can raise SIGPIPE. [`SigpipeGuard`] blocks it for the
 //! calling thread during a transfer, and consumes a SIGPIPE that barge
 //! itself raised, so the caller never sees one.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
+use crate::cancel::CancelState;
+use crate::error::Error;
 use crate::sys;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +221,198 @@ impl<'a> LocalFile<'a> {
     }
 }
 
+/// Where a download to a local path writes (docs/PROTOCOL.md, "Special
+/// files at the destination").
+pub(crate) enum Destination {
+    /// The entry `name` in `dir` is replaced atomically: a regular file,
+    /// nothing yet, or something the final rename refuses (a directory).
+    Replace { dir: OwnedFd, name: Vec<u8> },
+    /// An existing FIFO or device, reached through `path`, is opened and
+    /// written into, as `cp` does; never replaced.
+    Special { path: PathBuf },
+}
+
+/// Symlinks followed at the final name before giving `ELOOP`, as the
+/// kernel does.
+const MAX_SYMLINKS: u32 = 40;
+
+/// Where a download to `path` writes. A symlink at the final name is
+/// followed, as `cp` does: the regular file it leads to is replaced in its
+/// own directory (the link stays a link), and a FIFO or device it leads to
+/// is written into. A dangling symlink or a socket is an error, and
+/// nothing is created.
+pub(crate) fn destination(path: &Path) -> Result<Destination, Error> {
+    let mut cur = path.to_path_buf();
+    let mut followed = 0;
+    loop {
+        let st = match std::fs::symlink_metadata(&cur) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && followed > 0 => {
+                return Err(Error::Local {
+                    errno: libc::ENOENT,
+                    message: format!(
+                        "not writing through dangling symlink {} (it leads to {}, which does not exist)",
+                        path.display(),
+                        cur.display()
+                    ),
+                });
+            }
+            // Nothing there (or nothing that can be examined): a new file,
+            // whose creation reports any error.
+            Err(_) => return replace(&cur),
+        };
+        let kind = st.file_type();
+        if kind.is_symlink() {
+            followed += 1;
+            if followed > MAX_SYMLINKS {
+                let e = io::Error::from_raw_os_error(libc::ELOOP);
+                return Err(Error::local(format!("follow {}", path.display()), e));
+            }
+            let target = std::fs::read_link(&cur)
+                .map_err(|e| Error::local(format!("read symlink {}", cur.display()), e))?;
+            if is_magic_link(&cur, &target) {
+                // A /proc magic link (/dev/stdout -> /proc/self/fd/1 ->
+                // pipe:[…]): only the kernel can follow it. What it opens
+                // is written into.
+                return Ok(Destination::Special {
+                    path: path.to_path_buf(),
+                });
+            }
+            cur = match cur.parent() {
+                Some(dir) => dir.join(&target),
+                None => target,
+            };
+            continue;
+        }
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+            return Ok(Destination::Special { path: cur });
+        }
+        if kind.is_socket() {
+            return Err(Error::Local {
+                errno: libc::ENXIO,
+                message: format!(
+                    "{}: a socket cannot be opened for writing (no such device or address)",
+                    cur.display()
+                ),
+            });
+        }
+        return replace(&cur);
+    }
+}
+
+fn replace(path: &Path) -> Result<Destination, Error> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::local(path.display(), io::Error::from_raw_os_error(libc::EISDIR)))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let c = path_cstring(dir).map_err(|e| Error::local(dir.display(), e))?;
+    let fd = sys::openat(sys::cwd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|e| Error::local(format!("open directory {}", dir.display()), e))?;
+    Ok(Destination::Replace {
+        dir: fd,
+        name: name.as_bytes().to_vec(),
+    })
+}
+
+/// Whether the symlink `link` with text `target` is a procfs magic link,
+/// whose text is no path (`pipe:[1234]`, `socket:[…]`, `anon_inode:…`).
+fn is_magic_link(link: &Path, target: &Path) -> bool {
+    let bytes = target.as_os_str().as_bytes();
+    if bytes.first() == Some(&b'/') || !bytes.contains(&b':') {
+        return false;
+    }
+    let Some(dir) = link.parent() else {
+        return false;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(c) = path_cstring(dir) else {
+        return false;
+    };
+    let mut sfs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c is NUL-terminated and sfs is a writable statfs buffer.
+    if unsafe { libc::statfs(c.as_ptr(), sfs.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded, so it filled the buffer.
+    let f_type = unsafe { sfs.assume_init() }.f_type;
+    // The statfs word is i32 on some architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let on_proc = f_type as i64 == PROC_SUPER_MAGIC;
+    on_proc
+}
+
+/// procfs's `f_type`.
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// Open the special file a download writes into: non-blocking, so that
+/// neither the open nor a write ever waits without seeing `cancel`.
+///
+/// Opening a FIFO for writing waits for a reader, as `cp` would. With
+/// `O_NONBLOCK` the open fails with `ENXIO` while there is none; it is
+/// tried again after a poll of the cancel fd whose timeout grows from 1 to
+/// 50 ms (nothing signals a reader's arrival to a process without the
+/// FIFO open). A cancel ends the wait with [`Error::Cancelled`].
+pub(crate) fn open_special(path: &Path, cancel: &CancelState) -> Result<LocalFile<'static>, Error> {
+    let name = path.display();
+    let c = path_cstring(path).map_err(|e| Error::local(&name, e))?;
+    let mut wait_ms = 1;
+    let fd = loop {
+        if cancel.is_requested() {
+            return Err(Error::Cancelled);
+        }
+        let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        match sys::openat(sys::cwd(), &c, flags, 0) {
+            Ok(fd) => break fd,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && is_fifo_path(&c) => {
+                let mut pfd = sys::pollfd(cancel.wake_fd().as_raw_fd(), libc::POLLIN);
+                // SAFETY: one live pollfd.
+                let r = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+                if r > 0 && cancel.settle_wake() {
+                    return Err(Error::Cancelled);
+                }
+                wait_ms = (wait_ms * 2).min(50);
+            }
+            Err(e) => return Err(Error::local(format!("open {name}"), e)),
+        }
+    };
+    let st = fstat(fd.as_raw_fd()).map_err(|e| Error::local(format!("examine {name}"), e))?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {}
+        _ => {
+            // Replaced by something else between the look and the open.
+            return Err(Error::Local {
+                errno: libc::EAGAIN,
+                message: format!("{name} changed while it was being opened; try again"),
+            });
+        }
+    }
+    Ok(LocalFile {
+        fd: fd.as_raw_fd(),
+        kind: Kind::Reopened,
+        fifo: is_fifo(&st),
+        _owned: Some(fd),
+        _borrow: std::marker::PhantomData,
+    })
+}
+
+/// Whether `path` (followed) is a FIFO.
+fn is_fifo_path(path: &CStr) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: path is NUL-terminated and st is a writable stat buffer.
+    let r = unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) };
+    // SAFETY: stat succeeded, so it filled the buffer.
+    r == 0 && is_fifo(&unsafe { st.assume_init() })
+}
+
 fn reopen_nonblocking(fd: RawFd, write: bool) -> Option<OwnedFd> {
     let path = CString::new(format!("/proc/self/fd/{fd}")).ok()?;
     let access = if write {
@@ -257,7 +458,6 @@ fn info_of(st: &libc::stat) -> LocalInfo {
 }
 
 pub(crate) fn path_cstring(path: &std::path::Path) -> io::Result<CString> {
-    use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }

@@ -15,8 +15,8 @@ mod resume;
 mod transfer;
 mod tree;
 
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +28,6 @@ use crate::discard::{self, Discard, WaitGroup};
 use crate::error::{Error, Result};
 use crate::file_sink::FileSink;
 use crate::process::{self, WaitOutcome};
-use crate::sys;
 use crate::wire::{self, Frame, StatRecord};
 
 use conn::{Broken, Connection, Incoming};
@@ -477,8 +476,15 @@ impl Handle {
         let discards = self.discards.clone();
         self.run(|conn, ctx| {
             let name = local.display().to_string();
-            let (dir, file_name) = split_local(local)?;
-            let file = AtomicFile::create(dir, file_name, 0o600)
+            let (dir, file_name) = match local::destination(local)? {
+                local::Destination::Replace { dir, name } => (dir, name),
+                // Written into, never replaced (and never by the fast path).
+                local::Destination::Special { path } => {
+                    let mut dst = local::open_special(&path, ctx.cancel)?;
+                    return transfer::get(conn, ctx, &mut dst, None, remote, &name, &mut |_, _| {});
+                }
+            };
+            let file = AtomicFile::create(dir, &file_name, 0o600)
                 .map_err(|e| Error::local(format!("create {name}"), e))?;
             let umask = crate::treefs::current_umask();
             let fd = file.fd().as_raw_fd();
@@ -1013,22 +1019,4 @@ pub fn default_helper() -> PathBuf {
         }
     }
     PathBuf::from("barge-helper")
-}
-
-/// Split a local path into its directory (opened) and final component.
-fn split_local(local: &Path) -> Result<(OwnedFd, &[u8])> {
-    let name = local.file_name().ok_or_else(|| {
-        Error::local(
-            local.display(),
-            std::io::Error::from_raw_os_error(libc::EISDIR),
-        )
-    })?;
-    let dir = match local.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let c = local::path_cstring(dir).map_err(|e| Error::local(dir.display(), e))?;
-    let fd = sys::openat(sys::cwd(), &c, libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| Error::local(format!("open directory {}", dir.display()), e))?;
-    Ok((fd, OsStr::as_bytes(name)))
 }

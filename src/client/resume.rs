@@ -293,8 +293,19 @@ pub(crate) fn download(
 ) -> Result<(), Error> {
     require_resume(conn)?;
     let name = local.display().to_string();
-    let (dir, file_name) = super::split_local(local)?;
-    let mut part = PartialFile::open(dir, file_name)
+    let (dir, file_name) = match super::local::destination(local)? {
+        super::local::Destination::Replace { dir, name } => (dir, name),
+        super::local::Destination::Special { path } => {
+            return Err(Error::Local {
+                errno: libc::EINVAL,
+                message: format!(
+                    "{name}: cannot resume into {}, which is not a regular file (resume needs one)",
+                    path.display()
+                ),
+            });
+        }
+    };
+    let mut part = PartialFile::open(dir, &file_name)
         .map_err(|e| Error::local(format!("open partial file for {name}"), e))?;
     let held = part.held;
     let cancel = ctx.cancel;

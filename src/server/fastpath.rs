@@ -115,7 +115,21 @@ impl Session<'_, '_> {
         let Some(src) = self.passed_file(serial, "PUT_FD", path)? else {
             return Ok(());
         };
-        let file = match self.upload_file(path, mode) {
+        let created = match self.upload_dest(path) {
+            Ok(super::dest::UploadDest::Replace(p)) => self.upload_file(p, mode),
+            // Written into by the stream path, where a STOP or a hang-up
+            // is seen at every chunk: refused before any progress, which
+            // sends the client there.
+            Ok(super::dest::UploadDest::Special(_)) => {
+                let message = format!(
+                    "PUT_FD {}: the destination is a FIFO or device; send it as a stream",
+                    show(path)
+                );
+                return self.reply_error(serial, libc::EOPNOTSUPP, message);
+            }
+            Err(f) => Err(f),
+        };
+        let file = match created {
             Ok(f) => f,
             Err(f) => return self.fail(serial, "open", path, f),
         };

@@ -23,10 +23,16 @@ impl Session<'_, '_> {
         mode: u32,
         path: &[u8],
     ) -> Result<(), ServeEnd> {
-        let opened = self
-            .resolver
-            .parent(path)
-            .and_then(|p| Ok(PartialFile::open(p.dir, p.name.as_bytes())?));
+        let opened = match self.upload_dest(path) {
+            Ok(super::dest::UploadDest::Replace(p)) => {
+                PartialFile::open(p.dir, p.name.as_bytes()).map_err(Failure::from)
+            }
+            Ok(super::dest::UploadDest::Special(_)) => Err(Failure::new(
+                libc::EINVAL,
+                "a FIFO or device cannot be resumed into (resume needs a regular file)",
+            )),
+            Err(f) => Err(f),
+        };
         // The client waits for PARTIAL_AT before it streams, so a failure
         // here is a plain ERROR.
         let mut part = match opened {

@@ -12,6 +12,10 @@ mod tree;
 #[path = "resume.rs"]
 mod resume;
 
+// Where an upload lands, and uploads into FIFOs and devices.
+#[path = "dest.rs"]
+mod dest;
+
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -537,9 +541,9 @@ impl<'fd, 'o> Session<'fd, 'o> {
 
     // ---- PUT ----
 
-    /// The uncommitted file an upload to `path` writes.
-    fn upload_file(&self, path: &[u8], mode: u32) -> Result<AtomicFile, Failure> {
-        let p = self.resolver.parent(path)?;
+    /// The uncommitted file an upload writes, to replace `p` (from
+    /// [`Session::upload_dest`]).
+    fn upload_file(&self, p: resolve::Parent, mode: u32) -> Result<AtomicFile, Failure> {
         let mode = mode & 0o7777;
         let file = if self.opts.fault.no_tmpfile {
             AtomicFile::create_hidden(
@@ -554,7 +558,11 @@ impl<'fd, 'o> Session<'fd, 'o> {
     }
 
     fn put(&mut self, serial: u64, mode: u32, path: &[u8]) -> Result<(), ServeEnd> {
-        let created = self.upload_file(path, mode);
+        let created = match self.upload_dest(path) {
+            Ok(dest::UploadDest::Replace(p)) => self.upload_file(p, mode),
+            Ok(dest::UploadDest::Special(p)) => return self.put_special(serial, path, p),
+            Err(f) => Err(f),
+        };
         let file = match created {
             Ok(f) => f,
             Err(f) => {
