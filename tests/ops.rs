@@ -274,3 +274,49 @@ fn a_download_waiting_for_a_fifo_writer_is_cancellable_and_the_helper_survives()
     assert_eq!(tree(local.path()), Vec::<String>::new());
     h.stat("/silent").unwrap();
 }
+
+/// Setuid, setgid and sticky bits never travel with a single file: the
+/// helper keeps only the permission bits of an upload's mode, and the
+/// client only those of a download's. The tests run as root, whose writes
+/// keep a set-id bit, so without the masks the bits would arrive.
+#[test]
+fn single_file_transfers_drop_setid_and_sticky_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempdir();
+    let local = tempdir();
+    let src = write_file(&local.path().join("tool"), b"#!/bin/sh\n");
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o7755)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&src).unwrap().permissions().mode() & 0o7777,
+        0o7755
+    );
+    let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for (fast, partial) in [(true, false), (false, false), (false, true)] {
+        let mut h = handle();
+        h.set_root(Some(root.path())).unwrap();
+        h.set_fast_path(fast);
+        h.set_keep_partial(partial);
+        let how = format!("fast path {fast}, resumable {partial}");
+        h.upload(&src, "/tool").unwrap();
+        let up = mode_of(&root.path().join("tool"));
+        assert_eq!(up & 0o7000, 0, "upload ({how}) kept {up:o}");
+        assert_eq!(
+            up & 0o700,
+            0o700,
+            "upload ({how}) lost the owner bits: {up:o}"
+        );
+
+        std::fs::set_permissions(
+            root.path().join("tool"),
+            std::fs::Permissions::from_mode(0o7755),
+        )
+        .unwrap();
+        let back = local.path().join("back");
+        let _ = std::fs::remove_file(&back);
+        h.download("/tool", &back).unwrap();
+        let down = mode_of(&back);
+        assert_eq!(down & 0o7000, 0, "download ({how}) kept {down:o}");
+        std::fs::remove_file(root.path().join("tool")).unwrap();
+        h.shutdown().unwrap();
+    }
+}

@@ -135,7 +135,7 @@ impl Session<'_, '_> {
                         );
                         return self.reply_error(serial, libc::EBADMSG, message);
                     }
-                    let mode = mode & 0o7777 & !crate::treefs::current_umask();
+                    let mode = super::upload_mode(mode) & !crate::treefs::current_umask();
                     return match part.commit(mode) {
                         Ok(()) => self.send(&Frame::Ok, serial),
                         Err(e) => {

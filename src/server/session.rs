@@ -544,7 +544,7 @@ impl<'fd, 'o> Session<'fd, 'o> {
     /// The uncommitted file an upload writes, to replace `p` (from
     /// [`Session::upload_dest`]).
     fn upload_file(&self, p: resolve::Parent, mode: u32) -> Result<AtomicFile, Failure> {
-        let mode = mode & 0o7777;
+        let mode = upload_mode(mode);
         let file = if self.opts.fault.no_tmpfile {
             AtomicFile::create_hidden(
                 p.dir,
@@ -1162,6 +1162,15 @@ impl<'fd, 'o> Session<'fd, 'o> {
 }
 
 /// The end of the message when a test fault cancels a transfer.
+/// The mode an uploaded file gets from the client's: its permission bits
+/// only. Setuid, setgid and sticky are dropped: a client must not be able
+/// to make a set-id file as the helper's user (root, under sudo), and a
+/// single-file upload has no way to ask for them (a tree copy does, with
+/// its keep-setid flag).
+pub(super) fn upload_mode(mode: u32) -> u32 {
+    mode & 0o777
+}
+
 const FAULT_CANCEL: &str = "cancelled by barge-helper (test fault)";
 
 fn raw_serial(raw: &[u8; HEADER_LEN]) -> u64 {
