@@ -50,7 +50,8 @@ if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then export TMPDI
 if [ $merge = 1 ]; then
   # Rebuild the committed corpus from itself and everything found since.
   rm -rf "$out/merged"; mkdir -p "$out/merged"
-  "$bin" -merge=1 -timeout=10 -rss_limit_mb=2048 "$out/merged" corpus/"$target" "$out/corpus" "${extra[@]}"
+  "$bin" -merge=1 -timeout=10 -rss_limit_mb=2048 "$out/merged" corpus/"$target" seeds/"$target" "$out/corpus" \
+    "${extra[@]}" 2>&1 | grep -v "^barge-helper: " | tail -3
   rm -rf corpus/"$target"; mv "$out/merged" corpus/"$target"
   echo "corpus/$target: $(ls corpus/"$target" | wc -l) files, $(du -sh corpus/"$target" | cut -f1)"
   exit 0
@@ -64,8 +65,11 @@ args=(-timeout=10 -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1
 log=$out/last-run.log
 start=$(date +%s)
 set +e
-"$bin" "${args[@]}" "${extra[@]}" "$out/corpus" corpus/"$target" 2>"$log"
-status=$?
+# The helper logs every failed request to stderr ("barge-helper: ...");
+# the log keeps everything else.
+"$bin" "${args[@]}" "${extra[@]}" "$out/corpus" corpus/"$target" 2>&1 >/dev/null \
+  | grep -v '^barge-helper: ' >"$log"
+status=${PIPESTATUS[0]}
 set -e
 end=$(date +%s)
 

@@ -86,11 +86,11 @@ pub fn client(data: &[u8]) {
 
     let (chan, peer) = UnixStream::pair().expect("socketpair");
     let peer = spawn_peer(peer, bytes, ends, cancel);
+    // The helper's stderr: the input's bytes, then end of file (as when
+    // a helper exits), or the client waits for more at every teardown.
     let (err_r, err_w) = pipe();
-    if !stderr.is_empty() {
-        // At most 255 bytes: the pipe takes them at once.
-        let _ = std::fs::File::from(err_w).write_all(&stderr);
-    }
+    // At most 255 bytes: the pipe takes them at once.
+    let _ = std::fs::File::from(err_w).write_all(&stderr);
     if h.connect_in_process(OwnedFd::from(chan), err_r).is_ok() {
         let _ = run_op(&mut h, op, flags, scratch.path());
     }
@@ -118,8 +118,8 @@ fn new_handle(flags: u8, chunk: u32) -> Handle {
     h.set_chunk_size(chunk).expect("chunk size");
     h.set_cancel_timeout(Duration::from_millis(50));
     h.set_launch_timeout(Duration::from_secs(2));
-    h.set_shutdown_timeout(Duration::from_millis(10));
-    h.set_kill_timeout(Duration::from_millis(10));
+    h.set_shutdown_timeout(Duration::ZERO);
+    h.set_kill_timeout(Duration::ZERO);
     h.set_keep_going(flags & 0x10 != 0);
     h.set_preserve_metadata(flags & 0x20 != 0);
     h.set_progress_interval(Duration::ZERO);
@@ -132,11 +132,11 @@ fn new_handle(flags: u8, chunk: u32) -> Handle {
 /// The local side of the operations: a source file, a source tree, and
 /// (with `partial`) the partial data of an earlier download of `out`.
 fn populate_local(dir: &Path, partial: bool) {
-    let data: Vec<u8> = (0..5000u32).map(|i| (i * 13 + 1) as u8).collect();
-    std::fs::write(dir.join("src"), &data).expect("write src");
+    let data = super::pattern(5000);
+    std::fs::write(dir.join("src"), data).expect("write src");
     std::fs::create_dir_all(dir.join("tree/sub")).expect("mkdir tree");
     std::fs::write(dir.join("tree/a"), b"0123456789").expect("write tree/a");
-    std::fs::write(dir.join("tree/sub/b"), &data).expect("write tree/sub/b");
+    std::fs::write(dir.join("tree/sub/b"), data).expect("write tree/sub/b");
     let _ = std::os::unix::fs::symlink("a", dir.join("tree/link"));
     std::fs::create_dir_all(dir.join("dst")).expect("mkdir dst");
     if partial {
@@ -235,9 +235,7 @@ fn spawn_peer(
                 let rest = &bytes[written..];
                 match crate::sys::nonblocking(|| {
                     // SAFETY: sends from our own buffer.
-                    unsafe {
-                        libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL)
-                    }
+                    unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) }
                 }) {
                     Ok(Some(n)) => written += n,
                     Ok(None) => {}
@@ -297,7 +295,7 @@ pub(super) fn record(op: u8, flags: u8) -> (Vec<u8>, Vec<u8>) {
     let recorder = std::thread::spawn(move || proxy(proxy_c, proxy_h));
     let mut h = new_handle(flags & !0x01, chunk_size(0));
     h.set_root(Some(&root)).expect("root");
-    let (err_r, _err_w) = pipe();
+    let (err_r, _) = pipe();
     h.connect_in_process(OwnedFd::from(chan), err_r)
         .expect("handshake with the real helper");
     let _ = run_op(&mut h, op, flags, &local);

@@ -30,13 +30,17 @@ pub use script::{Script, ALL_TYPES};
 pub use server::server;
 pub use wire::wire;
 
+/// A target body: runs one input.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as the corpus directories and fuzz binaries are
 /// named.
-pub const TARGETS: [(&str, fn(&[u8])); 3] = [("wire", wire), ("client", client), ("server", server)];
+pub const TARGETS: [(&str, Target); 3] = [("wire", wire), ("client", client), ("server", server)];
 
 /// Seed inputs for every target, built from the codec and from recorded
 /// sessions between the real client and the real helper: `(target, name,
-/// bytes)`. `fuzz/src/bin/seed.rs` writes them out.
+/// bytes)`. The ignored test `write_seeds` in `tests/fuzz_replay.rs` writes
+/// them to `fuzz/seeds/`.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     for (name, bytes) in wire::seeds() {
@@ -51,6 +55,16 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
+/// 256 KiB of fixed, non-repeating-looking bytes, made once: file
+/// contents and generated DATA payloads are slices of it (a loop per
+/// execution would cost more than the target under coverage
+/// instrumentation).
+fn pattern(len: usize) -> &'static [u8] {
+    static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let p = PATTERN.get_or_init(|| (0..256u32 << 10).map(|i| (i % 251) as u8).collect());
+    &p[..len.min(p.len())]
+}
+
 /// A fresh directory under `$TMPDIR` for one execution, removed on drop.
 struct Scratch(std::path::PathBuf);
 
@@ -59,10 +73,7 @@ impl Scratch {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "barge-fuzz-{tag}-{}-{n}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("barge-fuzz-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the fuzz scratch directory");
         Scratch(dir)
@@ -84,8 +95,7 @@ impl Drop for Scratch {
 fn populate_root(root: &std::path::Path) {
     use std::os::unix::fs::symlink;
     let w = |p: &str, len: usize| {
-        let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        std::fs::write(root.join(p), data).expect("write a fuzz root file");
+        std::fs::write(root.join(p), pattern(len)).expect("write a fuzz root file");
     };
     w("f", 100);
     w("big", 9000);

@@ -127,6 +127,9 @@ pub struct Script {
     pub ends: Vec<usize>,
 }
 
+/// A script stops growing past this many bytes.
+const MAX_SCRIPT: usize = 4 << 20;
+
 fn header(kind: u8, flags: [u8; 3], len: usize, serial: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&(len as u32).to_be_bytes());
@@ -141,14 +144,20 @@ impl Script {
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         let mut sum = StreamChecksum::new();
-        while !cur.is_empty() {
+        // Generated DATA frames make up to 256 KiB of one input byte: stop
+        // at a few MiB, so the script itself stays far below the
+        // allocation caps.
+        while !cur.is_empty() && bytes.len() < MAX_SCRIPT {
             let tag = cur.byte();
             match tag % 8 {
-                0..=4 | 5 => {
+                0..=5 => {
                     let (kind, flags) = if tag % 8 == 5 {
                         (cur.byte(), [cur.byte(), cur.byte(), cur.byte()])
                     } else {
-                        (ALL_TYPES[cur.byte() as usize % ALL_TYPES.len()] as u8, [0; 3])
+                        (
+                            ALL_TYPES[cur.byte() as usize % ALL_TYPES.len()] as u8,
+                            [0; 3],
+                        )
                     };
                     let serial = cur.serial();
                     let n = cur.len();
@@ -178,15 +187,15 @@ impl Script {
                     1 => {
                         let len = (cur.byte() as usize + 1) * 1024;
                         let serial = cur.serial();
-                        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                        let data = super::pattern(len);
                         bytes.extend_from_slice(&header(
                             FrameType::Data as u8,
                             [0; 3],
                             len,
                             serial,
                         ));
-                        bytes.extend_from_slice(&data);
-                        sum.update(&data);
+                        bytes.extend_from_slice(data);
+                        sum.update(data);
                     }
                     _ => {
                         // TREE_FILE_WHOLE: meta (mode u32, mtime i64, nsec

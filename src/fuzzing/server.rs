@@ -119,7 +119,10 @@ fn check_replies(inbuf: &mut Vec<u8>) {
             break;
         }
         if let Err(e) = decode_frame(&header, &inbuf[at + HEADER_LEN..end]) {
-            panic!("the helper sent a {} that does not decode: {e}", header.kind);
+            panic!(
+                "the helper sent a {} that does not decode: {e}",
+                header.kind
+            );
         }
         at = end;
     }

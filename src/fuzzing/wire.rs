@@ -14,8 +14,8 @@
 //! - DIRENTS records iterate to exactly their count.
 
 use crate::wire::{
-    decode_frame, decode_header, encode_frame, encode_header, Frame, StatRecord,
-    TreeFrame, HEADER_LEN,
+    decode_frame, decode_header, encode_frame, encode_header, Frame, StatRecord, TreeFrame,
+    HEADER_LEN,
 };
 
 /// The codec target.
@@ -60,7 +60,12 @@ pub fn wire(data: &[u8]) {
         let mut expect = raw.to_vec();
         expect[0..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
         expect.extend_from_slice(payload);
-        assert_eq!(out, expect, "{:?} does not encode to its bytes", frame.kind());
+        assert_eq!(
+            out,
+            expect,
+            "{:?} does not encode to its bytes",
+            frame.kind()
+        );
         let again = decode_header(out[..HEADER_LEN].try_into().expect("16 bytes"))
             .expect("re-encoded header decodes");
         let again = decode_frame(&again, &out[HEADER_LEN..]).expect("re-encoded frame decodes");
