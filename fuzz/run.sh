@@ -63,6 +63,7 @@ args=(-timeout=10 -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1
 [ "$seconds" != 0 ] && args+=(-max_total_time="$seconds")
 [ "$jobs" != 0 ] && args+=(-fork="$jobs" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
 log=$out/last-run.log
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- .. 2>/dev/null || echo ' (with local changes)')"
 start=$(date +%s)
 set +e
 # The helper logs every failed request to stderr ("barge-helper: ...");
@@ -88,7 +89,7 @@ hangs=$(ls "$out/artifacts" | grep -cE '^(timeout|slow-unit)-' || true)
 overcap=$(grep -c 'ALLOCATION OVER CAP' "$log" || true)
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo "target:       $target"
-echo "commit:       $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- .. 2>/dev/null || echo ' (with local changes)')"
+echo "commit:       $commit (when the run started)"
 echo "date:         $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "executions:   ${execs:-?}"
 echo "exec/s:       ${rate:-?}"
