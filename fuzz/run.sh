@@ -14,6 +14,9 @@
 # Minimising a corpus into the committed one:
 #   fuzz/run.sh TARGET --merge   (keeps the inputs that add coverage)
 set -euo pipefail
+# The whole script is one function, read before it runs: editing this file
+# while a run goes on cannot change what that run does next.
+main() {
 cd "$(dirname "$0")"
 
 target=${1:?usage: fuzz/run.sh wire|client|server [--execs N | --seconds S] [--jobs J] [--merge]}
@@ -100,3 +103,5 @@ echo "duration:     $((end - start)) s"
 echo "cpu:          $cpu, $(nproc) cores"
 echo "log:          fuzz/$log (libFuzzer exit $status)"
 [ "$crashes" = 0 ] && [ "$hangs" = 0 ] && [ "$status" = 0 ]
+}
+main "$@"
