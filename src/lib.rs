@@ -22,6 +22,8 @@ mod discard;
 mod error;
 pub mod ffi;
 mod file_sink;
+#[doc(hidden)]
+pub mod fuzzing;
 mod helper_path;
 pub mod partial;
 pub mod process;

@@ -915,6 +915,19 @@ impl Handle {
         }
     }
 
+    /// Connect over `channel` to a peer that runs in this process, with no
+    /// helper process: for `crate::fuzzing`'s fake helpers. The handshake
+    /// runs as at a launch. `stderr` stands for the helper's stderr and
+    /// must be non-blocking. After the connection breaks, the next
+    /// operation launches the configured helper as usual.
+    pub(crate) fn connect_in_process(&mut self, channel: OwnedFd, stderr: OwnedFd) -> Result<()> {
+        let process = process::HelperProcess::in_process();
+        let mut conn = Connection::new(process, channel, stderr, self.config.chunk);
+        self.handshake(&mut conn)?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
     fn handshake(&mut self, conn: &mut Connection) -> Result<()> {
         let offered = match self.config.fast_path {
             Some(enable) => enable,

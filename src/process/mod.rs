@@ -258,6 +258,20 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl HelperProcess {
+    /// A stand-in for a peer that runs in this process (the fuzz targets'
+    /// fake helpers, `crate::fuzzing`): pid 0, nothing to signal or reap.
+    /// It counts as running until it is killed; [`Self::kill`] ends it at
+    /// once.
+    pub(crate) fn in_process() -> HelperProcess {
+        HelperProcess {
+            pid: 0,
+            pidfd: None,
+            signal_group: false,
+            status: None,
+            abandoned: false,
+        }
+    }
+
     pub fn pid(&self) -> libc::pid_t {
         self.pid
     }
@@ -276,7 +290,8 @@ impl HelperProcess {
     /// Does nothing once the helper has been reaped, so a recycled pid is
     /// never signalled.
     pub fn signal(&self, sig: libc::c_int) {
-        if self.status.is_some() {
+        // pid 0 (in_process) would be this process's own group.
+        if self.status.is_some() || self.pid == 0 {
             return;
         }
         // The group id is the helper's pid, which cannot be reused until the
@@ -291,7 +306,8 @@ impl HelperProcess {
 
     /// Reap the helper if it has exited.
     pub fn try_reap(&mut self) -> Option<ExitStatus> {
-        if self.status.is_some() {
+        // pid 0 (in_process): waitpid(0) would reap any child of the group.
+        if self.status.is_some() || self.pid == 0 {
             return self.status;
         }
         let reaped = match &self.pidfd {
@@ -405,6 +421,10 @@ impl HelperProcess {
         }
         if self.abandoned {
             return None;
+        }
+        if self.pid == 0 {
+            self.status = Some(ExitStatus::Signaled(libc::SIGKILL));
+            return self.status;
         }
         self.signal(libc::SIGKILL);
         match self.wait_exit(KILL_REAP_LIMIT, None) {
