@@ -251,6 +251,18 @@ fn split_top(local: &Path) -> Result<(PathBuf, Vec<u8>), Error> {
     Ok((dir, name.as_bytes().to_vec()))
 }
 
+/// Checked before each frame an inner read loop handles, so that a peer
+/// that never lets the channel run dry cannot hide a cancel or the
+/// deadline: `Some(true)` when a cancel is pending that the outer loop has
+/// not acted on (leave the inner loop), `None` when the deadline after a
+/// cancel or stop has passed.
+fn flooded(ctx: &OpCtx<'_>, deadline: Option<Instant>) -> Option<bool> {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return None;
+    }
+    Some(ctx.cancel.is_requested() && deadline.is_none())
+}
+
 fn unresponsive(conn: &mut Connection, stopped: Option<Stopped>) -> Error {
     let err = match stopped {
         Some(Stopped::Local(e)) => e,
@@ -375,7 +387,18 @@ pub(crate) fn copy_in(
             continue;
         }
         conn.flush()?;
-        while let Some(msg) = conn.read_frame(serial)? {
+        loop {
+            // A peer that never lets the channel run dry must not keep a
+            // cancel or the deadline from being seen: look before reading
+            // each frame (read_frame consumes some kinds).
+            match flooded(ctx, deadline) {
+                Some(false) => {}
+                Some(true) => break,
+                None => return Err(unresponsive(conn, stopped.take())),
+            }
+            let Some(msg) = conn.read_frame(serial)? else {
+                break;
+            };
             match msg {
                 Incoming::Stop => {
                     if !terminated && stopped.is_none() {
@@ -482,7 +505,18 @@ pub(crate) fn copy_out(
         }
         conn.flush()?;
         let mut progressed = false;
-        while let Some(msg) = conn.read_frame(serial)? {
+        loop {
+            // A peer that never lets the channel run dry must not keep a
+            // cancel or the deadline from being seen: look before reading
+            // each frame (read_frame consumes some kinds).
+            match flooded(ctx, deadline) {
+                Some(false) => {}
+                Some(true) => break,
+                None => return Err(unresponsive(conn, stopped.take())),
+            }
+            let Some(msg) = conn.read_frame(serial)? else {
+                break;
+            };
             let discarding = stopped.is_some() || stream_over;
             let applied: Result<(), EntryError> = match msg {
                 Incoming::Data => {
