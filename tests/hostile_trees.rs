@@ -4,8 +4,8 @@
 //! bounded time and a bounded peak RSS, under an address-space limit, and
 //! nothing is written outside the destination.
 //!
-//! The RSS bound, [`RSS_BOUND_KIB`]: the `barge` CLI peaks at about 10 MiB
-//! in these runs (measured: 7-11 MiB); a tree copy keeps one frame buffer
+//! The RSS bound, [`RSS_BOUND_KIB`]: the `barge` CLI peaks at 14-16 MiB
+//! in these runs (measured with wait4); a tree copy keeps one frame buffer
 //! (64 KiB control, 4 MiB DATA at most), one writer and at most 1,000
 //! failures of about 1 KiB each. 48 MiB leaves room for allocator slack
 //! and is far below what the unbounded versions reached (357 MB for the
