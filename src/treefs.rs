@@ -964,19 +964,17 @@ impl TreeWriter {
                 };
                 if !ok {
                     return Err(outside(match &self.top {
-                        Top::Named(name) => format!(
-                            "the first entry must be {}",
-                            String::from_utf8_lossy(name)
-                        ),
+                        Top::Named(name) => {
+                            format!("the first entry must be {}", String::from_utf8_lossy(name))
+                        }
                         Top::AnyName => "the first entry must be a single name".into(),
                     }));
                 }
                 self.seen_top = Some((rel.to_vec(), kind == FrameType::TreeDir));
             }
             Some((top, is_dir)) => {
-                let below = rel.len() > top.len() + 1
-                    && rel.starts_with(top)
-                    && rel[top.len()] == b'/';
+                let below =
+                    rel.len() > top.len() + 1 && rel.starts_with(top) && rel[top.len()] == b'/';
                 if !below || !is_dir {
                     return Err(outside(format!(
                         "every entry after the first must lie beneath the directory {}",
@@ -1068,7 +1066,8 @@ impl TreeWriter {
     /// into the one that is there. A directory this tree already made,
     /// sent again, ends the stream: an honest sender sends each once.
     pub fn dir(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), Refused> {
-        self.admit(FrameType::TreeDir, rel).map_err(Refused::Stream)?;
+        self.admit(FrameType::TreeDir, rel)
+            .map_err(Refused::Stream)?;
         self.reserve_dir(rel).map_err(Refused::Stream)?;
         // Owner rwx, so that the tree can be written into; the kept mode
         // (never setid bits unless asked) is set when the tree is done.
@@ -1232,8 +1231,7 @@ impl TreeWriter {
         // (asked for) may not survive creation either.
         if (self.preserve && mode & self.umask != 0) || mode & 0o7000 != 0 {
             // SAFETY: fchmod on our own open fd.
-            cvt(unsafe { libc::fchmod(fd, mode) })
-                .map_err(|e| EntryError::io("chmod", rel, &e))?;
+            cvt(unsafe { libc::fchmod(fd, mode) }).map_err(|e| EntryError::io("chmod", rel, &e))?;
         }
         if self.preserve {
             let times = mtime_times(meta);
@@ -1502,6 +1500,108 @@ mod tests {
                 .arg(&self.0)
                 .status();
         }
+    }
+
+    fn writer(
+        top: Top,
+        preserve: bool,
+        setid: bool,
+        max_dirs: usize,
+    ) -> (tempfile_dir::Dir, TreeWriter) {
+        let d = tempfile_dir::Dir::new();
+        let base: OwnedFd = File::open(&d.0).unwrap().into();
+        let modes = ModePolicy {
+            preserve,
+            setid,
+            umask: 0o022,
+        };
+        let w = TreeWriter::new(base, top, modes, TreeLimits { max_dirs }, None);
+        (d, w)
+    }
+
+    mod tempfile_dir {
+        /// A scratch directory removed when dropped.
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "barge-treefs-w-{}-{}",
+                    std::process::id(),
+                    crate::sys::random_suffix()
+                ));
+                std::fs::create_dir(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    const DIR: EntryMeta = EntryMeta {
+        mode: libc::S_IFDIR | 0o755,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+    };
+
+    fn stream_errno(r: Result<(), Refused>) -> i32 {
+        match r {
+            Err(Refused::Stream(e)) => e.errno,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_entry_is_the_top_and_the_rest_lie_beneath_it() {
+        let (_d, mut w) = writer(Top::Named(b"photos".to_vec()), true, false, 10);
+        assert_eq!(stream_errno(w.dir(b"other", DIR)), libc::EPROTO);
+        assert_eq!(stream_errno(w.dir(b"photos/a", DIR)), libc::EPROTO);
+        w.dir(b"photos", DIR).unwrap();
+        for bad in [&b"photos"[..], b"photosx", b"photosx/a", b"x/photos/a"] {
+            assert_eq!(stream_errno(w.dir(bad, DIR)), libc::EPROTO);
+        }
+        w.dir(b"photos/a", DIR).unwrap();
+        assert_eq!(stream_errno(w.dir(b"photos/a", DIR)), libc::EPROTO);
+
+        let (_d, mut w) = writer(Top::AnyName, true, false, 10);
+        assert_eq!(stream_errno(w.dir(b"a/b", DIR)), libc::EPROTO);
+        w.file_whole(b"f", DIR, whole_checksum(b""), b"").unwrap();
+        // Nothing lies beneath a file.
+        assert_eq!(stream_errno(w.dir(b"f/x", DIR)), libc::EPROTO);
+    }
+
+    #[test]
+    fn kept_modes_drop_setid_bits_unless_asked() {
+        for (preserve, setid, want) in [
+            (true, false, 0o777),
+            (false, false, 0o755),
+            (true, true, 0o7777),
+            (false, true, 0o7755),
+        ] {
+            let (_d, w) = writer(Top::AnyName, preserve, setid, 10);
+            assert_eq!(
+                w.kept_mode(0o7777),
+                want,
+                "preserve {preserve} setid {setid}"
+            );
+        }
+    }
+
+    #[test]
+    fn created_directories_are_bounded_and_merged_ones_not_recorded() {
+        let (d, mut w) = writer(Top::AnyName, true, false, 3);
+        std::fs::create_dir_all(d.0.join("t/old")).unwrap();
+        w.dir(b"t", DIR).unwrap();
+        // Merged into: not recorded, and not a repeat.
+        w.dir(b"t/old", DIR).unwrap();
+        for i in 0..3 {
+            w.dir(format!("t/n{i}").as_bytes(), DIR).unwrap();
+        }
+        assert_eq!(w.dirs.records.len(), 3);
+        assert_eq!(stream_errno(w.dir(b"t/n3", DIR)), libc::E2BIG);
+        assert!(w.finish().is_empty());
     }
 
     #[test]

@@ -263,7 +263,10 @@ fn a_repeated_tree_dir_is_refused() {
 fn entries_outside_the_tree_are_refused() {
     for (entries, text) in [
         (
-            vec![frame(&dir(b"top"), 1), frame(&whole(b"evil", 0o4755, b"x"), 1)],
+            vec![
+                frame(&dir(b"top"), 1),
+                frame(&whole(b"evil", 0o4755, b"x"), 1),
+            ],
             "TREE_FILE_WHOLE evil lies outside the tree",
         ),
         (
@@ -335,11 +338,18 @@ fn no_write_through_symlinks_and_no_setid_unasked() {
         }
         assert_eq!(
             fails,
-            [&b"top/x/passwd"[..], b"top/x/d", b"top/old-link/f", b"top/old-link"]
+            [
+                &b"top/x/passwd"[..],
+                b"top/x/d",
+                b"top/old-link/f",
+                b"top/old-link"
+            ]
         );
         assert!(h.finish() < HELPER_RSS_BOUND_KIB);
         assert!(common::tree(outside.path()).is_empty());
-        let mode = std::fs::metadata(root.path().join("top/suid")).unwrap().mode();
+        let mode = std::fs::metadata(root.path().join("top/suid"))
+            .unwrap()
+            .mode();
         assert_eq!(mode & 0o7000, if setid { 0o4000 } else { 0 }, "{mode:o}");
     }
 }
@@ -369,7 +379,10 @@ fn endless_directories_stop_at_the_bound() {
     let r = h.expect(FrameType::Error, Duration::from_secs(10));
     assert_error(&r, libc::E2BIG, "more than 2000 directories");
     assert!(h.finish() < HELPER_RSS_BOUND_KIB);
-    assert_eq!(std::fs::read_dir(root.path().join("top")).unwrap().count(), 1999);
+    assert_eq!(
+        std::fs::read_dir(root.path().join("top")).unwrap().count(),
+        1999
+    );
 }
 
 /// Many entries, all legitimate (the same small file rewritten): the

@@ -226,7 +226,12 @@ fn setid_bits_are_kept_only_when_asked() {
     std::fs::create_dir(dir.path().join("H")).unwrap();
     let out = get_r(dir.path(), SETID_TREE, &["--preserve-setid"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr());
-    let mode = |p: &str| std::fs::metadata(dir.path().join("H").join(p)).unwrap().mode() & 0o7777;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join("H").join(p))
+            .unwrap()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("photos/suid"), 0o4755);
     assert_eq!(mode("photos/sgid"), 0o2755);
     assert_eq!(mode("photos/big-suid"), 0o6755);
@@ -325,7 +330,10 @@ flood(tree_fail(serial, "photos/x", 5, "failed"))
 "#,
         &[],
     );
-    assert_failed_with(&out, "TREE_FAIL photos/x during TREE_OUT without KEEP_GOING");
+    assert_failed_with(
+        &out,
+        "TREE_FAIL photos/x during TREE_OUT without KEEP_GOING",
+    );
     assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
 }
 
@@ -353,7 +361,11 @@ serve_shutdown()
     // and the first again in the final error.
     let listed = out.stderr().matches("read photos/x: ").count();
     assert_eq!(listed, 1001);
-    assert!(out.stderr().len() < 1100 * 1024, "{} bytes", out.stderr().len());
+    assert!(
+        out.stderr().len() < 1100 * 1024,
+        "{} bytes",
+        out.stderr().len()
+    );
 }
 
 /// An endless TREE_FAIL flood with keep-going: ^C still ends it.
@@ -452,7 +464,8 @@ fn special_files_at_a_file_entry_are_never_replaced() {
     let dir = tempdir();
     let h = dir.path().join("H");
     std::fs::create_dir_all(h.join("photos")).unwrap();
-    let fifo = std::ffi::CString::new(h.join("photos/fifo").as_os_str().as_encoded_bytes()).unwrap();
+    let fifo =
+        std::ffi::CString::new(h.join("photos/fifo").as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: fifo is NUL-terminated.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let _sock = std::os::unix::net::UnixListener::bind(h.join("photos/sock")).unwrap();
@@ -470,8 +483,15 @@ serve_shutdown()
 "#,
         &["--keep-going"],
     );
-    assert_failed_with(&out, "a FIFO is there, and a tree copy never replaces a special file");
-    assert!(out.stderr().contains("a socket is there"), "{}", out.stderr());
+    assert_failed_with(
+        &out,
+        "a FIFO is there, and a tree copy never replaces a special file",
+    );
+    assert!(
+        out.stderr().contains("a socket is there"),
+        "{}",
+        out.stderr()
+    );
     use std::os::unix::fs::FileTypeExt;
     let ft = |p: &str| std::fs::symlink_metadata(h.join(p)).unwrap().file_type();
     assert!(ft("photos/fifo").is_fifo());

@@ -299,7 +299,9 @@ fn helper_fail(
         message,
     }) = conn.ext_frame()
     else {
-        return Err(conn.fail_protocol(format!("helper sent a malformed TREE_FAIL during {request}")));
+        return Err(conn.fail_protocol(format!(
+            "helper sent a malformed TREE_FAIL during {request}"
+        )));
     };
     if !opts.keep_going {
         let message = format!(
