@@ -501,6 +501,14 @@ int barge_set_preserve_metadata(struct barge_h *h, int enable);
 int barge_set_keep_going(struct barge_h *h, int enable);
 
 /**
+ * Whether tree copies keep the setuid, setgid and sticky bits of the
+ * source's modes (1) or clear them (0, the default). When 0 the side that
+ * writes clears them whatever `barge_set_preserve_metadata` says, so a
+ * helper never makes a setuid file unless the caller asked for it.
+ */
+int barge_set_preserve_setid(struct barge_h *h, int enable);
+
+/**
  * Keep the data of an interrupted `barge_upload` or `barge_download` for
  * a later attempt (1), or leave nothing partial (0, the default). When on,
  * a cancelled or failed transfer keeps what it moved in

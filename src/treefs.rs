@@ -794,15 +794,110 @@ enum Receiving {
     Discarding,
 }
 
+/// Why a tree stream must end as a whole, not one entry: the peer broke
+/// a rule of the stream (`EPROTO`: an entry outside the tree, a directory
+/// sent twice) or went past a bound (`E2BIG`; `ENOMEM` if even the bounded
+/// record could not be allocated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StreamError {
+    pub errno: i32,
+    pub message: String,
+}
+
+/// What a tree entry frame can come to besides success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// This entry failed; the tree can go on (keep-going).
+    Entry(EntryError),
+    /// The stream must end.
+    Stream(StreamError),
+}
+
+impl From<EntryError> for Refused {
+    fn from(e: EntryError) -> Refused {
+        Refused::Entry(e)
+    }
+}
+
+/// How many directories a tree receiver records by default for their
+/// deferred mode and mtime (see [`TreeLimits`]).
+pub const DEFAULT_MAX_TREE_DIRS: usize = 1_000_000;
+
+/// Bytes of recorded directory paths allowed per directory of
+/// [`TreeLimits::max_dirs`]: 256 MiB at the default million.
+const DIR_PATH_BYTES_EACH: usize = 256;
+
+/// Bounds on what a tree receiver keeps while the stream runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeLimits {
+    /// The most directories one tree may create: each is recorded until
+    /// the stream ends, for its mode and mtime. Their paths may take
+    /// `max_dirs * 256` bytes in all. Past either: `E2BIG`.
+    pub max_dirs: usize,
+}
+
+impl Default for TreeLimits {
+    fn default() -> TreeLimits {
+        TreeLimits {
+            max_dirs: DEFAULT_MAX_TREE_DIRS,
+        }
+    }
+}
+
+/// Which name the first entry of a received tree must have.
+#[derive(Clone, Debug)]
+pub(crate) enum Top {
+    /// Exactly this one (the last component of the path the client asked
+    /// the helper for).
+    Named(Vec<u8>),
+    /// Any single name (the helper receiving an upload).
+    AnyName,
+}
+
+/// The directories a tree created, awaiting their mode and mtime: paths
+/// packed in one buffer, each with where it ends and its metadata, and
+/// the identity of each so that a repeat is recognised. Bounded by
+/// [`TreeLimits`]; every allocation is fallible.
+#[derive(Default)]
+struct CreatedDirs {
+    paths: Vec<u8>,
+    records: Vec<(usize, EntryMeta)>,
+    ids: std::collections::HashSet<(u64, u64)>,
+}
+
+impl CreatedDirs {
+    fn iter_rev(&self) -> impl Iterator<Item = (&[u8], &EntryMeta)> {
+        (0..self.records.len()).rev().map(move |i| {
+            let start = if i == 0 { 0 } else { self.records[i - 1].0 };
+            let (end, ref meta) = self.records[i];
+            (&self.paths[start..end], meta)
+        })
+    }
+}
+
 /// Writes a received tree beneath a destination directory.
+///
+/// The receiver of a tree trusts nothing in it: [`TreeWriter::admit`]
+/// holds every entry to the tree that was asked for (the first entry is
+/// the top, every later one lies beneath it), a directory sent twice ends
+/// the stream, and what the writer records per entry is bounded.
 pub(crate) struct TreeWriter {
     base: OwnedFd,
     preserve: bool,
+    /// Keep setuid, setgid and sticky bits (TREE_SETID).
+    setid: bool,
     umask: u32,
+    limits: TreeLimits,
+    /// The name the first entry must have; then the top that was seen,
+    /// and whether it is a directory (only a directory has entries below).
+    top: Top,
+    seen_top: Option<(Vec<u8>, bool)>,
     cache: DirCache,
-    /// Directories whose mode and mtime are set when the tree is done,
-    /// after everything inside them was written.
-    dirs: Vec<(Vec<u8>, EntryMeta, bool)>,
+    /// Directories this tree created, whose mode and mtime are set when
+    /// the tree is done, after everything inside them was written.
+    /// Directories that were there already are merged into and keep
+    /// their own, so they are not recorded.
+    dirs: CreatedDirs,
     receiving: Receiving,
     /// Held by each abandoned file until the discard thread has closed it
     /// (the client's handle waits on it when it closes).
@@ -812,24 +907,128 @@ pub(crate) struct TreeWriter {
     pub bytes_done: u64,
 }
 
+/// How a tree's receiver treats modes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ModePolicy {
+    /// Give entries the source's permission bits and mtime.
+    pub preserve: bool,
+    /// Keep setuid, setgid and sticky bits.
+    pub setid: bool,
+    /// The receiving process's umask (applied when `preserve` is off).
+    pub umask: u32,
+}
+
 impl TreeWriter {
     pub fn new(
         base: OwnedFd,
-        preserve: bool,
-        umask: u32,
+        top: Top,
+        modes: ModePolicy,
+        limits: TreeLimits,
         discards: Option<&WaitGroup>,
     ) -> TreeWriter {
         TreeWriter {
             base,
-            preserve,
-            umask,
+            preserve: modes.preserve,
+            setid: modes.setid,
+            umask: modes.umask,
+            limits,
+            top,
+            seen_top: None,
             cache: DirCache::new(),
-            dirs: Vec::new(),
+            dirs: CreatedDirs::default(),
             receiving: Receiving::None,
             discards: discards.cloned(),
             files_done: 0,
             bytes_done: 0,
         }
+    }
+
+    /// Check that an entry `rel` (of frame `kind`) belongs to the tree:
+    /// the first entry is the top (named as [`Top`] says), every later one
+    /// lies beneath a top that is a directory. Anything else is `EPROTO`,
+    /// and nothing of it is written.
+    fn admit(&mut self, kind: FrameType, rel: &[u8]) -> Result<(), StreamError> {
+        let outside = |why: String| StreamError {
+            errno: libc::EPROTO,
+            message: format!(
+                "{} {} lies outside the tree: {why}",
+                kind.name(),
+                String::from_utf8_lossy(rel)
+            ),
+        };
+        match &self.seen_top {
+            None => {
+                let ok = match &self.top {
+                    Top::Named(name) => rel == name.as_slice(),
+                    Top::AnyName => !rel.contains(&b'/'),
+                };
+                if !ok {
+                    return Err(outside(match &self.top {
+                        Top::Named(name) => {
+                            format!("the first entry must be {}", String::from_utf8_lossy(name))
+                        }
+                        Top::AnyName => "the first entry must be a single name".into(),
+                    }));
+                }
+                self.seen_top = Some((rel.to_vec(), kind == FrameType::TreeDir));
+            }
+            Some((top, is_dir)) => {
+                let below =
+                    rel.len() > top.len() + 1 && rel.starts_with(top) && rel[top.len()] == b'/';
+                if !below || !is_dir {
+                    return Err(outside(format!(
+                        "every entry after the first must lie beneath the directory {}",
+                        String::from_utf8_lossy(top)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The permission bits an entry gets from the source's `mode`: the
+    /// source's (PRESERVE) or the source's less the umask, without setuid,
+    /// setgid and sticky unless asked for.
+    fn kept_mode(&self, mode: u32) -> u32 {
+        let perm = if self.preserve {
+            mode & 0o777
+        } else {
+            mode & 0o777 & !self.umask
+        };
+        if self.setid {
+            perm | (mode & 0o7000)
+        } else {
+            perm
+        }
+    }
+
+    /// Make room to record one more created directory, within the bounds.
+    fn reserve_dir(&mut self, rel: &[u8]) -> Result<(), StreamError> {
+        let max = self.limits.max_dirs;
+        let max_bytes = max.saturating_mul(DIR_PATH_BYTES_EACH);
+        let d = &mut self.dirs;
+        if d.records.len() >= max || d.paths.len() + rel.len() > max_bytes {
+            return Err(StreamError {
+                errno: libc::E2BIG,
+                message: format!(
+                    "TREE_DIR {}: the tree makes more than {max} directories \
+                     (or {max_bytes} bytes of their paths), the bound of one tree copy",
+                    String::from_utf8_lossy(rel)
+                ),
+            });
+        }
+        let recorded = d.records.len();
+        let oom = |_| StreamError {
+            errno: libc::ENOMEM,
+            message: format!(
+                "TREE_DIR {}: no memory to record the tree's directories ({recorded} so far)",
+                String::from_utf8_lossy(rel)
+            ),
+        };
+        d.paths.try_reserve(rel.len()).map_err(oom)?;
+        d.records.try_reserve(1).map_err(oom)?;
+        d.ids.try_reserve(1).map_err(oom)?;
+        Ok(())
     }
 
     /// Let go of an unfinished file: closed on the discard thread once it
@@ -863,37 +1062,67 @@ impl TreeWriter {
         Ok((fd, name))
     }
 
-    fn file_mode(&self, mode: u32) -> u32 {
-        if self.preserve {
-            mode & 0o7777
-        } else {
-            mode & 0o777 & !self.umask
-        }
-    }
-
-    pub fn dir(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
-        let create_mode = (meta.mode & 0o7777) | 0o700;
+    /// Make the directory `rel` (an entry of frame TREE_DIR), or merge
+    /// into the one that is there. A directory this tree already made,
+    /// sent again, ends the stream: an honest sender sends each once.
+    pub fn dir(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), Refused> {
+        self.admit(FrameType::TreeDir, rel)
+            .map_err(Refused::Stream)?;
+        self.reserve_dir(rel).map_err(Refused::Stream)?;
+        // Owner rwx, so that the tree can be written into; the kept mode
+        // (never setid bits unless asked) is set when the tree is done.
+        let create_mode = (self.kept_mode(meta.mode) & 0o7777) | 0o700;
         let (parent, name) = self.parent(rel)?;
         // SAFETY: name is NUL-terminated; parent is open.
         let r = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), create_mode) };
-        let created = if r == 0 {
-            true
-        } else {
+        let made = r == 0;
+        if !made {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(EntryError::io("mkdir", rel, &e));
+                return Err(EntryError::io("mkdir", rel, &e).into());
             }
-            match lstat_at(parent, &name) {
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => false,
-                Ok(_) => return Err(EntryError::new("mkdir", rel, libc::EEXIST)),
-                Err(e) => return Err(EntryError::io("mkdir", rel, &e)),
-            }
+        }
+        let st = match lstat_at(parent, &name) {
+            Ok(st) => st,
+            Err(e) => return Err(EntryError::io("mkdir", rel, &e).into()),
         };
-        self.dirs.push((rel.to_vec(), meta, created));
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            // A file, a link or a special file is in the way: never
+            // followed, never replaced.
+            return Err(EntryError::new("mkdir", rel, libc::EEXIST).into());
+        }
+        let id = (st.st_dev, st.st_ino);
+        if !made {
+            if self.dirs.ids.contains(&id) {
+                return Err(Refused::Stream(StreamError {
+                    errno: libc::EPROTO,
+                    message: format!(
+                        "TREE_DIR {} sent again: each directory comes once in a tree",
+                        String::from_utf8_lossy(rel)
+                    ),
+                }));
+            }
+            // There before the copy: merged into, and it keeps its own
+            // mode and mtime.
+            return Ok(());
+        }
+        // Room was reserved above: these do not allocate.
+        let d = &mut self.dirs;
+        d.paths.extend_from_slice(rel);
+        d.records.push((d.paths.len(), meta));
+        d.ids.insert(id);
         Ok(())
     }
 
-    pub fn link(&mut self, rel: &[u8], target: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
+    /// Make the symlink `rel` (TREE_LINK), replacing a file or link that
+    /// is there; the link is never followed.
+    pub fn link(&mut self, rel: &[u8], target: &[u8], meta: EntryMeta) -> Result<(), Refused> {
+        self.admit(FrameType::TreeLink, rel)
+            .map_err(Refused::Stream)?;
+        Ok(self.make_link(rel, target, meta)?)
+    }
+
+    fn make_link(&mut self, rel: &[u8], target: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
         let preserve = self.preserve;
         let target_c = cstring(target).map_err(|e| EntryError::io("symlink", rel, &e))?;
         let (parent, name) = self.parent(rel)?;
@@ -904,6 +1133,7 @@ impl TreeWriter {
             if e.raw_os_error() != Some(libc::EEXIST) {
                 return Err(EntryError::io("symlink", rel, &e));
             }
+            refuse_special(parent, &name, "symlink", rel)?;
             // Replace what is there (not a directory) in one rename.
             let tmp = cstring(
                 format!(
@@ -959,8 +1189,10 @@ impl TreeWriter {
     }
 
     fn create_file(&mut self, rel: &[u8], meta: &EntryMeta) -> Result<NewFile, EntryError> {
-        let mode = self.file_mode(meta.mode);
+        let mode = self.kept_mode(meta.mode);
         let (parent, name) = self.parent(rel)?;
+        // Checked again just before the rename, in `commit`.
+        refuse_special(parent, &name, "create", rel)?;
         match sys::openat(parent, c".", libc::O_TMPFILE | libc::O_WRONLY, mode) {
             Ok(fd) => return Ok(NewFile::Anonymous(File::from(fd))),
             Err(e)
@@ -993,18 +1225,30 @@ impl TreeWriter {
         rel: &[u8],
         meta: &EntryMeta,
     ) -> Result<(), EntryError> {
-        let mode = self.file_mode(meta.mode);
+        let mode = self.kept_mode(meta.mode);
         let fd = file.file().as_raw_fd();
+        // The file was created with `mode`, less the umask; setid bits
+        // (asked for) may not survive creation either.
+        if (self.preserve && mode & self.umask != 0) || mode & 0o7000 != 0 {
+            // SAFETY: fchmod on our own open fd.
+            cvt(unsafe { libc::fchmod(fd, mode) }).map_err(|e| EntryError::io("chmod", rel, &e))?;
+        }
         if self.preserve {
-            if mode & self.umask != 0 {
-                // SAFETY: fchmod on our own open fd.
-                cvt(unsafe { libc::fchmod(fd, mode) })
-                    .map_err(|e| EntryError::io("chmod", rel, &e))?;
-            }
             let times = mtime_times(meta);
             // SAFETY: times is a live 2-array; fd is open.
             cvt(unsafe { libc::futimens(fd, times.as_ptr()) })
                 .map_err(|e| EntryError::io("set times of", rel, &e))?;
+        }
+        // A special file that appeared since `create_file` looked is not
+        // renamed over either (a narrow race remains: rename(2) cannot
+        // ask for "only over a regular file").
+        let in_way = {
+            let (parent, name) = self.parent(rel)?;
+            refuse_special(parent, &name, "create", rel)
+        };
+        if let Err(e) = in_way {
+            self.let_go(file);
+            return Err(e);
         }
         let placed = match file {
             NewFile::Atomic(f) => f.commit(),
@@ -1021,7 +1265,20 @@ impl TreeWriter {
         Ok(())
     }
 
+    /// A whole small file (TREE_FILE_WHOLE).
     pub fn file_whole(
+        &mut self,
+        rel: &[u8],
+        meta: EntryMeta,
+        checksum: u64,
+        data: &[u8],
+    ) -> Result<(), Refused> {
+        self.admit(FrameType::TreeFileWhole, rel)
+            .map_err(Refused::Stream)?;
+        Ok(self.write_whole(rel, meta, checksum, data)?)
+    }
+
+    fn write_whole(
         &mut self,
         rel: &[u8],
         meta: EntryMeta,
@@ -1040,7 +1297,9 @@ impl TreeWriter {
     }
 
     /// Start a FILE. On error its data is discarded up to END or SKIP.
-    pub fn begin_file(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), EntryError> {
+    pub fn begin_file(&mut self, rel: &[u8], meta: EntryMeta) -> Result<(), Refused> {
+        self.admit(FrameType::TreeFile, rel)
+            .map_err(Refused::Stream)?;
         match self.create_file(rel, &meta) {
             Ok(file) => {
                 self.receiving = Receiving::File(Box::new(InFlight {
@@ -1053,7 +1312,7 @@ impl TreeWriter {
             }
             Err(e) => {
                 self.receiving = Receiving::Discarding;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -1105,17 +1364,8 @@ impl TreeWriter {
         self.abandon_file();
         let mut errors = Vec::new();
         let dirs = std::mem::take(&mut self.dirs);
-        for (rel, meta, created) in dirs.iter().rev() {
-            // Directories that were there already are merged into and keep
-            // their own mode and mtime.
-            if !*created {
-                continue;
-            }
-            let mode = if self.preserve {
-                meta.mode & 0o7777
-            } else {
-                meta.mode & 0o777 & !self.umask
-            };
+        for (rel, meta) in dirs.iter_rev() {
+            let mode = self.kept_mode(meta.mode);
             if let Err(e) = self.set_dir_meta(rel, mode, meta) {
                 errors.push(e);
             }
@@ -1152,6 +1402,37 @@ impl Drop for TreeWriter {
     fn drop(&mut self) {
         self.abandon_file();
     }
+}
+
+/// An entry error if a FIFO, socket or device is at `name` in `dir`: a
+/// tree copy replaces regular files and links, never a special file (its
+/// readers and writers, or the system, depend on the node).
+fn refuse_special(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    verb: &str,
+    rel: &[u8],
+) -> Result<(), EntryError> {
+    let st = match lstat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(EntryError::io(verb, rel, &e)),
+    };
+    let what = match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => return Ok(()),
+    };
+    Err(EntryError {
+        rel: rel.to_vec(),
+        errno: libc::EEXIST,
+        message: format!(
+            "{verb} {}: {what} is there, and a tree copy never replaces a special file",
+            String::from_utf8_lossy(rel)
+        ),
+    })
 }
 
 /// `[atime, mtime]` for utimensat: atime left alone, mtime from `meta`.
@@ -1219,6 +1500,108 @@ mod tests {
                 .arg(&self.0)
                 .status();
         }
+    }
+
+    fn writer(
+        top: Top,
+        preserve: bool,
+        setid: bool,
+        max_dirs: usize,
+    ) -> (tempfile_dir::Dir, TreeWriter) {
+        let d = tempfile_dir::Dir::new();
+        let base: OwnedFd = File::open(&d.0).unwrap().into();
+        let modes = ModePolicy {
+            preserve,
+            setid,
+            umask: 0o022,
+        };
+        let w = TreeWriter::new(base, top, modes, TreeLimits { max_dirs }, None);
+        (d, w)
+    }
+
+    mod tempfile_dir {
+        /// A scratch directory removed when dropped.
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "barge-treefs-w-{}-{}",
+                    std::process::id(),
+                    crate::sys::random_suffix()
+                ));
+                std::fs::create_dir(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    const DIR: EntryMeta = EntryMeta {
+        mode: libc::S_IFDIR | 0o755,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+    };
+
+    fn stream_errno(r: Result<(), Refused>) -> i32 {
+        match r {
+            Err(Refused::Stream(e)) => e.errno,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_entry_is_the_top_and_the_rest_lie_beneath_it() {
+        let (_d, mut w) = writer(Top::Named(b"photos".to_vec()), true, false, 10);
+        assert_eq!(stream_errno(w.dir(b"other", DIR)), libc::EPROTO);
+        assert_eq!(stream_errno(w.dir(b"photos/a", DIR)), libc::EPROTO);
+        w.dir(b"photos", DIR).unwrap();
+        for bad in [&b"photos"[..], b"photosx", b"photosx/a", b"x/photos/a"] {
+            assert_eq!(stream_errno(w.dir(bad, DIR)), libc::EPROTO);
+        }
+        w.dir(b"photos/a", DIR).unwrap();
+        assert_eq!(stream_errno(w.dir(b"photos/a", DIR)), libc::EPROTO);
+
+        let (_d, mut w) = writer(Top::AnyName, true, false, 10);
+        assert_eq!(stream_errno(w.dir(b"a/b", DIR)), libc::EPROTO);
+        w.file_whole(b"f", DIR, whole_checksum(b""), b"").unwrap();
+        // Nothing lies beneath a file.
+        assert_eq!(stream_errno(w.dir(b"f/x", DIR)), libc::EPROTO);
+    }
+
+    #[test]
+    fn kept_modes_drop_setid_bits_unless_asked() {
+        for (preserve, setid, want) in [
+            (true, false, 0o777),
+            (false, false, 0o755),
+            (true, true, 0o7777),
+            (false, true, 0o7755),
+        ] {
+            let (_d, w) = writer(Top::AnyName, preserve, setid, 10);
+            assert_eq!(
+                w.kept_mode(0o7777),
+                want,
+                "preserve {preserve} setid {setid}"
+            );
+        }
+    }
+
+    #[test]
+    fn created_directories_are_bounded_and_merged_ones_not_recorded() {
+        let (d, mut w) = writer(Top::AnyName, true, false, 3);
+        std::fs::create_dir_all(d.0.join("t/old")).unwrap();
+        w.dir(b"t", DIR).unwrap();
+        // Merged into: not recorded, and not a repeat.
+        w.dir(b"t/old", DIR).unwrap();
+        for i in 0..3 {
+            w.dir(format!("t/n{i}").as_bytes(), DIR).unwrap();
+        }
+        assert_eq!(w.dirs.records.len(), 3);
+        assert_eq!(stream_errno(w.dir(b"t/n3", DIR)), libc::E2BIG);
+        assert!(w.finish().is_empty());
     }
 
     #[test]

@@ -184,6 +184,8 @@ impl Handle {
                 tree: tree::TreeOptions {
                     preserve: true,
                     keep_going: false,
+                    setid: false,
+                    limits: crate::treefs::TreeLimits::default(),
                 },
                 keep_partial: false,
                 list_limits: transfer::ListLimits {
@@ -318,6 +320,25 @@ impl Handle {
     /// every failed path.
     pub fn set_keep_going(&mut self, enable: bool) {
         self.config.tree.keep_going = enable;
+    }
+
+    /// Whether tree copies keep the setuid, setgid and sticky bits of
+    /// the source's modes (default `false`). When off, the side that
+    /// writes clears them, whatever [`Handle::set_preserve_metadata`]
+    /// says: a helper, or a tree uploaded to one, never makes a setuid
+    /// file unless the caller asked for it. A helper keeps them only when
+    /// the request carries this setting (TREE flag 0x4).
+    pub fn set_preserve_setid(&mut self, enable: bool) {
+        self.config.tree.setid = enable;
+    }
+
+    /// The most directories a [`Handle::copy_out`] may create (default
+    /// 1,000,000). Each is recorded until the tree ends, for its mode and
+    /// mtime, with its path (at most 256 bytes each on average). A tree
+    /// that makes more ends with `E2BIG`, naming the directory. The
+    /// helper applies its own bound, the same by default, to uploads.
+    pub fn set_max_tree_dirs(&mut self, dirs: usize) {
+        self.config.tree.limits.max_dirs = dirs;
     }
 
     /// Keep the data of an interrupted [`Handle::upload`] or

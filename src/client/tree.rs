@@ -20,8 +20,10 @@ use crate::client::transfer::{wait_channel, OpCtx};
 use crate::discard::WaitGroup;
 use crate::error::{Error, PathError};
 use crate::sys;
-use crate::treefs::{self, EntryError, TreeSender, TreeWriter};
-use crate::wire::tree::{FEATURE_TREES, TREE_KEEP_GOING, TREE_PRESERVE};
+use crate::treefs::{
+    self, EntryError, ModePolicy, Refused, Top, TreeLimits, TreeSender, TreeWriter,
+};
+use crate::wire::tree::{FEATURE_TREES, TREE_KEEP_GOING, TREE_PRESERVE, TREE_SETID};
 use crate::wire::{Frame, FrameType, TreeFrame};
 
 /// `copy_in` queues frames in batches of about this many bytes.
@@ -32,6 +34,10 @@ const SEND_BATCH: usize = 256 << 10;
 pub(crate) struct TreeOptions {
     pub preserve: bool,
     pub keep_going: bool,
+    /// Keep setuid, setgid and sticky bits (off by default).
+    pub setid: bool,
+    /// Bounds on what receiving a tree keeps.
+    pub limits: TreeLimits,
 }
 
 impl TreeOptions {
@@ -43,7 +49,80 @@ impl TreeOptions {
         if self.keep_going {
             f |= TREE_KEEP_GOING;
         }
+        if self.setid {
+            f |= TREE_SETID;
+        }
         f
+    }
+}
+
+/// A keep-going copy lists at most this many failed entries; it counts
+/// the rest.
+pub(crate) const MAX_KEPT_FAILURES: usize = 1000;
+/// ... and keeps at most this many bytes of their paths and messages.
+const MAX_KEPT_FAILURE_BYTES: usize = 8 << 20;
+/// A failure's message is cut to this many bytes.
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// The failed entries of a tree copy, bounded: a peer can send TREE_FAIL
+/// frames without end, so only the first [`MAX_KEPT_FAILURES`] are kept
+/// and the rest are counted.
+struct Failures {
+    kept: Vec<PathError>,
+    bytes: usize,
+    more: u64,
+}
+
+impl Failures {
+    fn new() -> Failures {
+        Failures {
+            kept: Vec::new(),
+            bytes: 0,
+            more: 0,
+        }
+    }
+
+    fn push(&mut self, mut e: PathError) {
+        if e.message.len() > MAX_FAILURE_MESSAGE {
+            let mut cut = MAX_FAILURE_MESSAGE;
+            while !e.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            e.message.truncate(cut);
+            e.message.push_str("...");
+        }
+        let size = e.message.len() + e.path.as_os_str().len();
+        if self.kept.len() < MAX_KEPT_FAILURES
+            && self.bytes + size <= MAX_KEPT_FAILURE_BYTES
+            && self.kept.try_reserve(1).is_ok()
+        {
+            self.bytes += size;
+            self.kept.push(e);
+        } else {
+            self.more = self.more.saturating_add(1);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.more == 0
+    }
+
+    /// The list for [`Error::Incomplete`]: the failures kept, then, if
+    /// some were only counted, one entry for `path` saying how many.
+    fn into_list(mut self, path: &Path) -> Vec<PathError> {
+        if self.more > 0 {
+            self.kept.push(PathError {
+                path: path.to_path_buf(),
+                errno: libc::E2BIG,
+                message: format!(
+                    "{} more entries of {} failed; only the first {} are listed",
+                    self.more,
+                    path.display(),
+                    self.kept.len()
+                ),
+            });
+        }
+        self.kept
     }
 }
 
@@ -172,6 +251,18 @@ fn split_top(local: &Path) -> Result<(PathBuf, Vec<u8>), Error> {
     Ok((dir, name.as_bytes().to_vec()))
 }
 
+/// Checked before each frame an inner read loop handles, so that a peer
+/// that never lets the channel run dry cannot hide a cancel or the
+/// deadline: `Some(true)` when a cancel is pending that the outer loop has
+/// not acted on (leave the inner loop), `None` when the deadline after a
+/// cancel or stop has passed.
+fn flooded(ctx: &OpCtx<'_>, deadline: Option<Instant>) -> Option<bool> {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return None;
+    }
+    Some(ctx.cancel.is_requested() && deadline.is_none())
+}
+
 fn unresponsive(conn: &mut Connection, stopped: Option<Stopped>) -> Error {
     let err = match stopped {
         Some(Stopped::Local(e)) => e,
@@ -180,13 +271,47 @@ fn unresponsive(conn: &mut Connection, stopped: Option<Stopped>) -> Error {
     conn.fail(Broken::Unresponsive, err)
 }
 
-/// The result of a tree copy whose final reply was OK.
-fn finished(errors: Vec<PathError>) -> Result<(), Error> {
+/// The result of a tree copy whose final reply was OK; `path` names the
+/// tree in the note on failures that were only counted.
+fn finished(errors: Failures, path: &Path) -> Result<(), Error> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(Error::Incomplete { errors })
+        Err(Error::Incomplete {
+            errors: errors.into_list(path),
+        })
     }
+}
+
+/// A TREE_FAIL from the helper: a failure to keep in keep-going mode, and
+/// a protocol error otherwise (the helper then stops at its first failed
+/// entry with an ERROR instead).
+fn helper_fail(
+    conn: &mut Connection,
+    opts: TreeOptions,
+    errors: &mut Failures,
+    base: &[u8],
+    request: &str,
+) -> Result<(), Error> {
+    let Frame::Tree(TreeFrame::Fail {
+        errno,
+        path,
+        message,
+    }) = conn.ext_frame()
+    else {
+        return Err(conn.fail_protocol(format!(
+            "helper sent a malformed TREE_FAIL during {request}"
+        )));
+    };
+    if !opts.keep_going {
+        let message = format!(
+            "helper sent TREE_FAIL {} during {request} without KEEP_GOING",
+            String::from_utf8_lossy(path)
+        );
+        return Err(conn.fail_protocol(message));
+    }
+    errors.push(remote_fail(base, errno, path, message));
+    Ok(())
 }
 
 /// Copy the local file or tree `local` into the remote directory
@@ -208,10 +333,10 @@ pub(crate) fn copy_in(
             line: line.as_bytes(),
         });
     }
-    let mut errors: Vec<PathError> = std::mem::take(&mut walk.errors)
-        .into_iter()
-        .map(|e| local_error(&parent, e))
-        .collect();
+    let mut errors = Failures::new();
+    for e in std::mem::take(&mut walk.errors) {
+        errors.push(local_error(&parent, e));
+    }
     let mut progress = TreeProgress::new(ctx.events, ctx.progress_interval);
     progress.files_total = walk.files;
     progress.bytes_total = walk.bytes;
@@ -264,7 +389,18 @@ pub(crate) fn copy_in(
             continue;
         }
         conn.flush()?;
-        while let Some(msg) = conn.read_frame(serial)? {
+        loop {
+            // A peer that never lets the channel run dry must not keep a
+            // cancel or the deadline from being seen: look before reading
+            // each frame (read_frame consumes some kinds).
+            match flooded(ctx, deadline) {
+                Some(false) => {}
+                Some(true) => break,
+                None => return Err(unresponsive(conn, stopped.take())),
+            }
+            let Some(msg) = conn.read_frame(serial)? else {
+                break;
+            };
             match msg {
                 Incoming::Stop => {
                     if !terminated && stopped.is_none() {
@@ -272,14 +408,7 @@ pub(crate) fn copy_in(
                     }
                 }
                 Incoming::Ext(FrameType::TreeFail) => {
-                    if let Frame::Tree(TreeFrame::Fail {
-                        errno,
-                        path,
-                        message,
-                    }) = conn.ext_frame()
-                    {
-                        errors.push(remote_fail(remote_dir, errno, path, message));
-                    }
+                    helper_fail(conn, opts, &mut errors, remote_dir, "TREE_IN")?;
                     conn.consume();
                 }
                 Incoming::Ok | Incoming::Error { .. } => {
@@ -292,7 +421,7 @@ pub(crate) fn copy_in(
                     return match (msg, stopped) {
                         (Incoming::Ok, None) => {
                             progress.update(sender.files_done, sender.bytes_done, ctx.events, true);
-                            finished(errors)
+                            finished(errors, Path::new(OsStr::from_bytes(remote_dir)))
                         }
                         (Incoming::Ok, Some(_)) => {
                             Err(conn.fail_protocol("helper completed a cancelled TREE_IN".into()))
@@ -334,8 +463,20 @@ pub(crate) fn copy_out(
 ) -> Result<(), Error> {
     require_trees(conn)?;
     let base = open_dir(local_dir)?;
-    let umask = treefs::current_umask();
-    let mut writer = TreeWriter::new(base, opts.preserve, umask, Some(discards));
+    let modes = ModePolicy {
+        preserve: opts.preserve,
+        setid: opts.setid,
+        umask: treefs::current_umask(),
+    };
+    // The helper names the tree's top after the last component of
+    // `remote`, and may write nothing else: not beside it, not above it.
+    let mut writer = TreeWriter::new(
+        base,
+        Top::Named(top_name(remote).to_vec()),
+        modes,
+        opts.limits,
+        Some(discards),
+    );
     let serial = conn.next_serial();
     conn.queue(
         &Frame::Tree(TreeFrame::Out {
@@ -346,7 +487,7 @@ pub(crate) fn copy_out(
         serial,
     )?;
     let mut progress = TreeProgress::new(ctx.events, ctx.progress_interval);
-    let mut errors: Vec<PathError> = Vec::new();
+    let mut errors = Failures::new();
     let mut stopped: Option<Stopped> = None;
     let mut stop_sent = false;
     let mut stream_over = false;
@@ -366,7 +507,18 @@ pub(crate) fn copy_out(
         }
         conn.flush()?;
         let mut progressed = false;
-        while let Some(msg) = conn.read_frame(serial)? {
+        loop {
+            // A peer that never lets the channel run dry must not keep a
+            // cancel or the deadline from being seen: look before reading
+            // each frame (read_frame consumes some kinds).
+            match flooded(ctx, deadline) {
+                Some(false) => {}
+                Some(true) => break,
+                None => return Err(unresponsive(conn, stopped.take())),
+            }
+            let Some(msg) = conn.read_frame(serial)? else {
+                break;
+            };
             let discarding = stopped.is_some() || stream_over;
             let applied: Result<(), EntryError> = match msg {
                 Incoming::Data => {
@@ -392,6 +544,17 @@ pub(crate) fn copy_out(
                     Ok(())
                 }
                 Incoming::Stop => Ok(()),
+                Incoming::Ext(FrameType::TreeFail) => {
+                    // The helper's paths are relative to the remote tree's
+                    // parent.
+                    let parent = Path::new(OsStr::from_bytes(remote))
+                        .parent()
+                        .map(|p| p.as_os_str().as_bytes().to_vec())
+                        .unwrap_or_default();
+                    helper_fail(conn, opts, &mut errors, &parent, "TREE_OUT")?;
+                    conn.consume();
+                    Ok(())
+                }
                 Incoming::Ext(kind) => {
                     let r = apply_entry(
                         conn.ext_frame(),
@@ -399,13 +562,38 @@ pub(crate) fn copy_out(
                         discarding,
                         &mut stream_over,
                         &mut progress,
-                        &mut errors,
-                        remote,
                     );
                     conn.consume();
                     progressed = true;
                     match r {
-                        Some(r) => r,
+                        Some(Ok(())) => Ok(()),
+                        Some(Err(Refused::Entry(e))) => Err(e),
+                        Some(Err(Refused::Stream(e))) if e.errno == libc::EPROTO => {
+                            return Err(conn.fail_protocol(format!(
+                                "helper sent {} during TREE_OUT {}",
+                                e.message,
+                                String::from_utf8_lossy(remote)
+                            )));
+                        }
+                        Some(Err(Refused::Stream(e))) => {
+                            // A bound: stop the stream as for a local
+                            // error; a helper that goes on regardless is
+                            // cut off at the deadline.
+                            let e = Error::Local {
+                                errno: e.errno,
+                                message: format!(
+                                    "copy {} into {}: {}",
+                                    String::from_utf8_lossy(remote),
+                                    local_dir.display(),
+                                    e.message
+                                ),
+                            };
+                            if stopped.is_none() {
+                                stopped = Some(Stopped::Local(e));
+                                deadline.get_or_insert(Instant::now() + ctx.cancel_timeout);
+                            }
+                            break;
+                        }
                         None => {
                             return Err(conn.fail_protocol(format!(
                                 "helper sent {} out of place during TREE_OUT",
@@ -430,9 +618,11 @@ pub(crate) fn copy_out(
                                     return Err(into_error(e));
                                 }
                             }
-                            errors.extend(dir_errors);
+                            for e in dir_errors {
+                                errors.push(e);
+                            }
                             progress.update(writer.files_done, writer.bytes_done, ctx.events, true);
-                            finished(errors)
+                            finished(errors, local_dir)
                         }
                         (Incoming::Error { errno, message }, _) => {
                             Err(Error::Remote { errno, message })
@@ -476,18 +666,27 @@ pub(crate) fn copy_out(
     }
 }
 
-/// Apply one tree frame of a TREE_OUT stream to `writer`. `None` when the
-/// frame does not belong there (a protocol error).
-#[allow(clippy::too_many_arguments)]
+/// The name a tree copied from `remote` has: its last component, as the
+/// helper names the top of the tree it sends.
+fn top_name(remote: &[u8]) -> &[u8] {
+    let end = remote.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+    let trimmed = &remote[..end];
+    match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(i) => &trimmed[i + 1..],
+        None => trimmed,
+    }
+}
+
+/// Apply one tree frame (not TREE_FAIL) of a TREE_OUT stream to
+/// `writer`. `None` when the frame does not belong there (a protocol
+/// error).
 fn apply_entry(
     frame: Frame<'_>,
     writer: &mut TreeWriter,
     discarding: bool,
     stream_over: &mut bool,
     progress: &mut TreeProgress,
-    errors: &mut Vec<PathError>,
-    remote: &[u8],
-) -> Option<Result<(), EntryError>> {
+) -> Option<Result<(), Refused>> {
     let Frame::Tree(t) = frame else {
         return None;
     };
@@ -496,19 +695,6 @@ fn apply_entry(
         TreeFrame::Totals { files, bytes } => {
             progress.files_total = files;
             progress.bytes_total = bytes;
-            Ok(())
-        }
-        TreeFrame::Fail {
-            errno,
-            path,
-            message,
-        } => {
-            // The helper's paths are relative to the remote tree's parent.
-            let parent = Path::new(OsStr::from_bytes(remote))
-                .parent()
-                .map(|p| p.as_os_str().as_bytes().to_vec())
-                .unwrap_or_default();
-            errors.push(remote_fail(&parent, errno, path, message));
             Ok(())
         }
         TreeFrame::Done if !in_file => {

@@ -135,6 +135,23 @@ pub unsafe extern "C" fn barge_set_keep_going(h: *mut barge_h, enable: c_int) ->
     })
 }
 
+/// Whether tree copies keep the setuid, setgid and sticky bits of the
+/// source's modes (1) or clear them (0, the default). When 0 the side that
+/// writes clears them whatever `barge_set_preserve_metadata` says, so a
+/// helper never makes a setuid file unless the caller asked for it.
+#[no_mangle]
+pub unsafe extern "C" fn barge_set_preserve_setid(h: *mut barge_h, enable: c_int) -> c_int {
+    boundary("barge_set_preserve_setid", || {
+        // SAFETY: h per this function's contract.
+        unsafe {
+            with_handle(h, |hd| {
+                hd.set_preserve_setid(enable != 0);
+                Ok(0)
+            })
+        }
+    })
+}
+
 /// Keep the data of an interrupted `barge_upload` or `barge_download` for
 /// a later attempt (1), or leave nothing partial (0, the default). When on,
 /// a cancelled or failed transfer keeps what it moved in

@@ -11,8 +11,10 @@ use std::os::fd::AsFd;
 
 use super::{show, trim_trailing_slashes, Incoming, Session};
 use crate::server::ServeEnd;
-use crate::treefs::{self, EntryError, TreeSender, TreeWriter};
-use crate::wire::tree::{TREE_KEEP_GOING, TREE_PRESERVE};
+use crate::treefs::{
+    self, EntryError, ModePolicy, Refused, StreamError, Top, TreeLimits, TreeSender, TreeWriter,
+};
+use crate::wire::tree::{TREE_KEEP_GOING, TREE_PRESERVE, TREE_SETID};
 use crate::wire::{decode_frame, Frame, FrameType, Header, TreeFrame, HEADER_LEN};
 
 /// TREE_OUT sends frames in batches of about this many bytes, one write
@@ -23,7 +25,35 @@ const SEND_BATCH: usize = 128 << 10;
 /// only where it has to be.
 enum Step {
     Entry(Result<(), EntryError>),
+    /// The client broke a rule of the stream, or went past a bound.
+    Stream(StreamError),
     Done,
+}
+
+impl Step {
+    fn of(r: Result<(), Refused>) -> Step {
+        match r {
+            Ok(()) => Step::Entry(Ok(())),
+            Err(Refused::Entry(e)) => Step::Entry(Err(e)),
+            Err(Refused::Stream(e)) => Step::Stream(e),
+        }
+    }
+}
+
+/// The environment variable that lowers (or raises) the helper's bound on
+/// the directories one TREE_IN may create (default
+/// [`treefs::DEFAULT_MAX_TREE_DIRS`]).
+pub const MAX_TREE_DIRS_ENV: &str = "BARGE_HELPER_MAX_TREE_DIRS";
+
+fn helper_limits() -> TreeLimits {
+    let mut limits = TreeLimits::default();
+    if let Some(n) = std::env::var(MAX_TREE_DIRS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        limits.max_dirs = n;
+    }
+    limits
 }
 
 impl Session<'_, '_> {
@@ -37,8 +67,14 @@ impl Session<'_, '_> {
                 return self.refuse_tree(serial, f.errno, message);
             }
         };
-        let preserve = flags & TREE_PRESERVE != 0;
-        let mut w = TreeWriter::new(base, preserve, treefs::current_umask(), None);
+        let modes = ModePolicy {
+            preserve: flags & TREE_PRESERVE != 0,
+            setid: flags & TREE_SETID != 0,
+            umask: treefs::current_umask(),
+        };
+        // The tree's top is one name in `path`, and every later entry lies
+        // beneath it.
+        let mut w = TreeWriter::new(base, Top::AnyName, modes, helper_limits(), None);
         loop {
             let Some(incoming) = self.next_incoming()? else {
                 return Err(ServeEnd::ChannelLost);
@@ -58,10 +94,10 @@ impl Session<'_, '_> {
                     match decode_frame(&header, &self.control[..len]) {
                         Ok(Frame::Tree(t)) => match t {
                             TreeFrame::Dir { meta, path } if !in_file => {
-                                Some(Step::Entry(w.dir(path, meta)))
+                                Some(Step::of(w.dir(path, meta)))
                             }
                             TreeFrame::Link { meta, path, target } if !in_file => {
-                                Some(Step::Entry(w.link(path, target, meta)))
+                                Some(Step::of(w.link(path, target, meta)))
                             }
                             TreeFrame::FileWhole {
                                 meta,
@@ -69,10 +105,10 @@ impl Session<'_, '_> {
                                 path,
                                 data,
                             } if !in_file => {
-                                Some(Step::Entry(w.file_whole(path, meta, checksum, data)))
+                                Some(Step::of(w.file_whole(path, meta, checksum, data)))
                             }
                             TreeFrame::File { meta, path, .. } if !in_file => {
-                                Some(Step::Entry(w.begin_file(path, meta)))
+                                Some(Step::of(w.begin_file(path, meta)))
                             }
                             TreeFrame::Skip if in_file => {
                                 w.abandon_file();
@@ -112,6 +148,23 @@ impl Session<'_, '_> {
                 Step::Entry(Err(e)) if keep_going => self.send_tree_fail(serial, &e)?,
                 Step::Entry(Err(e)) => {
                     // Stop the client's stream, then report this entry.
+                    w.abandon_file();
+                    self.send(&Frame::Stop, serial)?;
+                    self.drain_tree(serial)?;
+                    w.finish();
+                    let message = format!("copy into {}: {}", show(path), e.message);
+                    return self.reply_error(serial, e.errno, message);
+                }
+                Step::Stream(e) if e.errno == libc::EPROTO => {
+                    w.finish();
+                    return Err(self.protocol_error(
+                        serial,
+                        format!("client sent {} during TREE_IN serial {serial}", e.message),
+                    ));
+                }
+                Step::Stream(e) => {
+                    // A bound: end the client's stream as for a failed
+                    // entry, whatever KEEP_GOING says.
                     w.abandon_file();
                     self.send(&Frame::Stop, serial)?;
                     self.drain_tree(serial)?;

@@ -21,8 +21,12 @@ pub const TREE_PRESERVE: u32 = 0x1;
 /// TREE_IN / TREE_OUT flag: a failed entry is reported with FAIL and the
 /// rest of the tree still copied.
 pub const TREE_KEEP_GOING: u32 = 0x2;
+/// TREE_IN / TREE_OUT flag: the receiver keeps the setuid, setgid and
+/// sticky bits an entry's mode carries. Without it they are cleared,
+/// whatever PRESERVE says: a peer never makes a setuid file unasked.
+pub const TREE_SETID: u32 = 0x4;
 /// Every flag bit this version defines.
-pub const TREE_FLAGS: u32 = TREE_PRESERVE | TREE_KEEP_GOING;
+pub const TREE_FLAGS: u32 = TREE_PRESERVE | TREE_KEEP_GOING | TREE_SETID;
 
 /// Mode and modification time of a tree entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -155,6 +155,10 @@ pub struct TransferOpts {
     #[arg(long, requires = "recursive")]
     pub no_preserve: bool,
 
+    /// With -r: keep setuid, setgid and sticky bits (cleared otherwise)
+    #[arg(long, requires = "recursive")]
+    pub preserve_setid: bool,
+
     /// Keep the data of an interrupted transfer (hidden, as
     /// .NAME.barge-partial next to the destination) and continue it next
     /// time, after checking it against the source

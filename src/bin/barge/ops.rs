@@ -106,6 +106,7 @@ fn configure(h: &mut Handle, opts: &TransferOpts) {
     h.set_keep_partial(opts.resume);
     h.set_keep_going(opts.keep_going);
     h.set_preserve_metadata(!opts.no_preserve);
+    h.set_preserve_setid(opts.preserve_setid);
 }
 
 /// `put -r` (`upload`) or `get -r`: copy `from` into the directory `into`.
