@@ -1,7 +1,8 @@
 /* test-hostile: a helper's ERROR whose errno is no error number (0, a
  * negative, a huge one) fails the call with -1 and errno EPROTO: never
  * -1 with errno 0, which a caller would print as "Success". Also: a
- * listing past barge_set_list_limits fails with E2BIG.
+ * listing past barge_set_list_limits fails with E2BIG, and so does a tree
+ * copy that makes more directories than barge_set_max_tree_dirs allows.
  *
  * The helper is the scripted hostile peer, tests/hostile/peer.py, run by
  * python3; it is found beside this source file. */
@@ -9,6 +10,7 @@
 #include "common.h"
 
 #include <libgen.h>
+#include <sys/stat.h>
 
 /* tests/hostile/peer.py, from this file's own path (cc is given it
  * absolute by tests/capi.rs). */
@@ -21,16 +23,21 @@ static const char *peer_py(void) {
 }
 
 /* A handle whose helper runs `scenario` (Python, see peer.py). */
-static barge_h *hostile_handle(const char *name, const char *scenario) {
+static barge_h *hostile_handle_with(const char *name, const char *features,
+                                   const char *scenario) {
     char script[4096];
     snprintf(script, sizeof script, "%s", scratch(name));
     write_file(script, scenario, strlen(scenario));
     barge_h *h = barge_create();
     CHECK(h, "barge_create: %s", last_error());
-    const char *argv[] = {"python3", peer_py(), "0", script, NULL};
+    const char *argv[] = {"python3", peer_py(), features, script, NULL};
     OK(barge_set_helper(h, argv));
     OK(barge_set_cancel_timeout_ms(h, 500));
     return h;
+}
+
+static barge_h *hostile_handle(const char *name, const char *scenario) {
+    return hostile_handle_with(name, "0", scenario);
 }
 
 int main(void) {
@@ -65,6 +72,22 @@ int main(void) {
     CHECK(entries == (struct barge_dirent *) 0x1 && count == 7, "out-params written on error");
     CHECK(strstr(last_error(), "/big") != NULL, "%s", last_error());
     FAILS_WITH(EINVAL, barge_set_list_limits(NULL, 1, 1));
+    barge_close(h);
+
+    /* A tree of endless distinct directories, cut at 5. */
+    h = hostile_handle_with(
+        "tree.py", "0x2",
+        "kind, serial, _ = until(TREE_OUT)\n"
+        "send(tree_dir(serial, 'top'))\n"
+        "for i in range(100000):\n"
+        "    send(tree_dir(serial, 'top/d%06d' % i))\n"
+        "serve_shutdown()\n");
+    OK(barge_set_max_tree_dirs(h, 5));
+    const char *dest = scratch("tree-dest");
+    CHECK(mkdir(dest, 0755) == 0 || errno == EEXIST, "mkdir %s", dest);
+    FAILS_WITH(E2BIG, barge_copy_out(h, "/top", dest));
+    CHECK(strstr(last_error(), "5") != NULL, "%s", last_error());
+    FAILS_WITH(EINVAL, barge_set_max_tree_dirs(NULL, 1));
     barge_close(h);
     puts("test-hostile: ok");
     return 0;

@@ -509,6 +509,15 @@ int barge_set_keep_going(struct barge_h *h, int enable);
 int barge_set_preserve_setid(struct barge_h *h, int enable);
 
 /**
+ * The most directories a `barge_copy_out` may create (default 1000000).
+ * Each is recorded until the tree ends, for its mode and mtime, which
+ * bounds the memory a helper can make the caller use. A tree that makes
+ * more fails with `E2BIG`, its message naming the directory and the
+ * bound. The helper applies its own bound to `barge_copy_in`.
+ */
+int barge_set_max_tree_dirs(struct barge_h *h, size_t dirs);
+
+/**
  * Keep the data of an interrupted `barge_upload` or `barge_download` for
  * a later attempt (1), or leave nothing partial (0, the default). When on,
  * a cancelled or failed transfer keeps what it moved in

@@ -16,6 +16,9 @@ Environment:
   BARGE_HELPER_DEBUG=1          log every request to standard error
   BARGE_HELPER_GRACE_MS=N       after the client hangs up, exit within N ms
                                 even if stuck (default 2000)
+  BARGE_HELPER_MAX_TREE_DIRS=N   most directories one tree upload may create
+                                (default 1000000); past it the upload fails
+                                with E2BIG
   BARGE_HELPER_FAULT=LIST       test faults, comma-separated: cancel@N,
                                 fail@N:ERRNO, stall@N, die@N, ignore-shutdown,
                                 ignore-sigterm, stall-handshake, refuse-fd,

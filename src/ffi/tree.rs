@@ -152,6 +152,24 @@ pub unsafe extern "C" fn barge_set_preserve_setid(h: *mut barge_h, enable: c_int
     })
 }
 
+/// The most directories a `barge_copy_out` may create (default 1000000).
+/// Each is recorded until the tree ends, for its mode and mtime, which
+/// bounds the memory a helper can make the caller use. A tree that makes
+/// more fails with `E2BIG`, its message naming the directory and the
+/// bound. The helper applies its own bound to `barge_copy_in`.
+#[no_mangle]
+pub unsafe extern "C" fn barge_set_max_tree_dirs(h: *mut barge_h, dirs: usize) -> c_int {
+    boundary("barge_set_max_tree_dirs", || {
+        // SAFETY: h per this function's contract.
+        unsafe {
+            with_handle(h, |hd| {
+                hd.set_max_tree_dirs(dirs);
+                Ok(0)
+            })
+        }
+    })
+}
+
 /// Keep the data of an interrupted `barge_upload` or `barge_download` for
 /// a later attempt (1), or leave nothing partial (0, the default). When on,
 /// a cancelled or failed transfer keeps what it moved in
