@@ -405,3 +405,62 @@ fn a_stop_for_a_fast_path_get_before_it_started_is_a_protocol_error() {
     let (r, _) = bounded(move || h.download("/f", out));
     assert_eproto(&r.unwrap_err(), "STOP for fast-path");
 }
+
+// ---- numbers from the peer ----
+
+/// TREE_FAIL carries an errno too: one that is no error number reaches
+/// neither `Error::Incomplete` nor `barge_get_tree_errors` as it came.
+#[test]
+fn a_tree_fail_errno_that_is_no_error_number_is_eproto() {
+    let dir = tmp();
+    let scenario = "\
+kind, serial, _ = until(TREE_OUT)
+send(tree_dir(serial, 'photos'))
+for i, errno in enumerate([0, -5, 100000]):
+    send(tree_fail(serial, 'photos/f%d' % i, errno, 'all is well'))
+send(tree_done(serial), ok(serial))
+serve_shutdown()
+";
+    let mut h = hostile_handle(dir.path(), common::hostile::FEATURE_TREES, scenario);
+    h.set_keep_going(true);
+    let dest = dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let (r, _) = bounded(move || h.copy_out("/photos", &dest));
+    let Err(Error::Incomplete { errors, .. }) = r else {
+        panic!("expected Incomplete, got {r:?}");
+    };
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for e in &errors {
+        assert_eq!(e.errno, libc::EPROTO, "{e:?}");
+        assert!(e.message.contains("not an error number"), "{e:?}");
+    }
+}
+
+/// An mtime far in the future (a year just past `i32::MAX`) is printed, not
+/// a panic of the CLI (overflow checks are on in the debug build the
+/// tests run).
+#[test]
+fn ls_l_and_stat_print_an_mtime_far_in_the_future() {
+    let dir = tmp();
+    let record = "stat_record(mtime=67768006196851380)";
+    let scenario = format!(
+        "while True:\n\
+         \x20   f = read_frame()\n\
+         \x20   if f is None: break\n\
+         \x20   kind, serial, _ = f\n\
+         \x20   if kind == LIST: send(dirents(serial, [('far', {record})]), ok(serial))\n\
+         \x20   elif kind == STAT: send(frame(STAT_INFO, serial, {record}))\n\
+         \x20   elif kind == SHUTDOWN:\n\
+         \x20       send(ok(serial))\n\
+         \x20       break\n"
+    );
+    for args in [&["ls", "-l", "/d"][..], &["stat", "/d/far"][..]] {
+        let o = CliRun::new(dir.path(), 0, &scenario, args).run();
+        assert_eq!(o.code, Some(0), "barge {args:?}: {o:?} {}", o.stderr());
+        assert!(
+            o.stdout().contains("far") || args[0] == "stat",
+            "{}",
+            o.stdout()
+        );
+    }
+}

@@ -216,10 +216,21 @@ fn into_error(p: PathError) -> Error {
 /// remote directory `base`.
 fn remote_fail(base: &[u8], errno: i32, rel: &[u8], message: &[u8]) -> PathError {
     let path = path_of(Path::new(OsStr::from_bytes(base)), rel);
+    let mut message = String::from_utf8_lossy(message).into_owned();
+    // As for ERROR: an errno that is no error number (0 would read as
+    // success in C) is the peer's protocol error, reported as EPROTO.
+    let errno = if crate::error::is_errno(errno) {
+        errno
+    } else {
+        message.push_str(&format!(
+            " (the helper's TREE_FAIL carried errno {errno}, which is not an error number)"
+        ));
+        libc::EPROTO
+    };
     PathError {
         path,
         errno,
-        message: String::from_utf8_lossy(message).into_owned(),
+        message,
     }
 }
 

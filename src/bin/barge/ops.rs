@@ -264,7 +264,8 @@ fn local_time(sec: i64) -> String {
     }
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
+        // Widened: a peer's mtime can put tm_year near INT_MAX.
+        i64::from(tm.tm_year) + 1900,
         tm.tm_mon + 1,
         tm.tm_mday,
         tm.tm_hour,
