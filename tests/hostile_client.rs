@@ -306,7 +306,9 @@ fn no_write_through_symlinks_and_no_setid_unasked() {
         let outside = tempdir();
         std::fs::create_dir(root.path().join("top")).unwrap();
         symlink(outside.path(), root.path().join("top/old-link")).unwrap();
-        let mut h = Helper::start(root.path(), &[]);
+        // The tests run as root: such a helper keeps set-id bits only
+        // when its operator allows it.
+        let mut h = Helper::start(root.path(), &[("BARGE_HELPER_ALLOW_SETID", "1")]);
         let flags = TREE_KEEP_GOING | if setid { TREE_SETID } else { 0 };
         h.send(&tree_in(flags));
         let out = outside.path().as_os_str().as_encoded_bytes();
@@ -442,4 +444,35 @@ fn oversized_frames_are_refused() {
         assert_error(&r, libc::EPROTO, "exceeds the limit");
         assert!(h.finish() < HELPER_RSS_BOUND_KIB);
     }
+}
+
+/// A helper that runs as root refuses a client's request to keep set-id
+/// bits unless its operator allowed it, and writes nothing of that tree.
+#[test]
+fn a_root_helper_refuses_setid_unless_its_operator_allows_it() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root, as the suite does (the helper it starts must run as root)"
+    );
+    let root = tempdir();
+    let mut h = Helper::start(root.path(), &[]);
+    h.send(&tree_in(TREE_SETID));
+    let mut refused = None;
+    loop {
+        let r = h.next(Duration::from_secs(10)).expect("a reply");
+        match r.frame() {
+            // The helper stops the stream first; the client ends it.
+            Frame::Stop => h.send(&frame(&Frame::Tree(TreeFrame::Done), 1)),
+            Frame::Error { .. } => {
+                refused = Some(r);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_error(&refused.unwrap(), libc::EPERM, "BARGE_HELPER_ALLOW_SETID");
+    h.finish();
+    assert!(common::tree(root.path()).is_empty());
 }

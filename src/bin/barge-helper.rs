@@ -19,6 +19,9 @@ Environment:
   BARGE_HELPER_MAX_TREE_DIRS=N   most directories one tree upload may create
                                 (default 1000000); past it the upload fails
                                 with E2BIG
+  BARGE_HELPER_ALLOW_SETID=1     when run as root, keep the setuid, setgid and
+                                sticky bits a tree upload asks to keep
+                                (refused with EPERM otherwise)
   BARGE_HELPER_FAULT=LIST       test faults, comma-separated: cancel@N,
                                 fail@N:ERRNO, stall@N, die@N, ignore-shutdown,
                                 ignore-sigterm, stall-handshake, refuse-fd,

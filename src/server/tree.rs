@@ -45,6 +45,22 @@ impl Step {
 /// [`treefs::DEFAULT_MAX_TREE_DIRS`]).
 pub const MAX_TREE_DIRS_ENV: &str = "BARGE_HELPER_MAX_TREE_DIRS";
 
+/// The environment variable with which the operator of a helper that runs
+/// as root lets clients keep set-id bits (TREE flag SETID): `1` allows.
+pub const ALLOW_SETID_ENV: &str = "BARGE_HELPER_ALLOW_SETID";
+
+/// Whether this helper keeps the setuid, setgid and sticky bits a client
+/// asks it to keep. A helper that runs as an ordinary user does: the bits
+/// give a client nothing that user could not do with `chmod`. A helper
+/// that runs as root (under sudo, or in a container) does only when its
+/// operator set [`ALLOW_SETID_ENV`]: otherwise any client allowed to write
+/// beneath the root could make a setuid-root program there.
+fn setid_allowed() -> bool {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    !root || std::env::var_os(ALLOW_SETID_ENV).is_some_and(|v| v == "1")
+}
+
 fn helper_limits() -> TreeLimits {
     let mut limits = TreeLimits::default();
     if let Some(n) = std::env::var(MAX_TREE_DIRS_ENV)
@@ -67,6 +83,13 @@ impl Session<'_, '_> {
                 return self.refuse_tree(serial, f.errno, message);
             }
         };
+        if flags & TREE_SETID != 0 && !setid_allowed() {
+            let message = format!(
+                "copy into {}: keeping set-id bits refused: the helper runs as root, and its operator has not set {ALLOW_SETID_ENV}=1",
+                show(path)
+            );
+            return self.refuse_tree(serial, libc::EPERM, message);
+        }
         let modes = ModePolicy {
             preserve: flags & TREE_PRESERVE != 0,
             setid: flags & TREE_SETID != 0,
