@@ -504,7 +504,10 @@ int barge_set_keep_going(struct barge_h *h, int enable);
  * Whether tree copies keep the setuid, setgid and sticky bits of the
  * source's modes (1) or clear them (0, the default). When 0 the side that
  * writes clears them whatever `barge_set_preserve_metadata` says, so a
- * helper never makes a setuid file unless the caller asked for it.
+ * helper never makes a setuid file unless the caller asked for it. A
+ * helper that runs as root keeps them only when its operator set
+ * `BARGE_HELPER_ALLOW_SETID=1`; otherwise `barge_copy_in` fails with
+ * `EPERM`.
  */
 int barge_set_preserve_setid(struct barge_h *h, int enable);
 

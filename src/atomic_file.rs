@@ -99,8 +99,23 @@ impl AtomicFile {
     }
 
     /// Put the file in place under its final name, replacing what was
-    /// there.
+    /// there: a regular file, a symlink (the link itself) or nothing.
+    ///
+    /// A FIFO, socket or device at the name is never replaced: callers
+    /// write into such a node instead (see docs/PROTOCOL.md, "Special files
+    /// at the destination"), so one found here appeared while the file was
+    /// written, and the commit fails with `EEXIST`, leaving it alone. The
+    /// look and the rename are two calls; rename(2) cannot be told to
+    /// replace only regular files.
     pub fn commit(mut self) -> io::Result<()> {
+        if let Ok(st) = sys::lstat_at(self.dir.as_fd(), &self.name) {
+            if matches!(
+                st.st_mode & libc::S_IFMT,
+                libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK
+            ) {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+        }
         let hidden = match self.hidden.take() {
             Some(h) => h,
             None => self.link_hidden()?,
@@ -345,6 +360,32 @@ mod tests {
         assert_eq!(names(&d), vec!["keep"]);
         assert_eq!(std::fs::read(d.join("keep")).unwrap(), b"old");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn commit_never_replaces_a_fifo_that_appeared_meanwhile() {
+        use std::os::unix::fs::FileTypeExt;
+        for hidden in [false, true] {
+            let d = tempdir("fifo");
+            let mut f = match hidden {
+                false => AtomicFile::create(open_dir(&d), b"f", 0o600).unwrap(),
+                true => AtomicFile::create_hidden(open_dir(&d), c"f".into(), 0o600).unwrap(),
+            };
+            f.file().write_all(b"new").unwrap();
+            let c = CString::new(d.join("f").as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: c is NUL-terminated.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let e = f.commit().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+            let kind = std::fs::symlink_metadata(d.join("f")).unwrap().file_type();
+            assert!(kind.is_fifo(), "replaced (hidden: {hidden})");
+            assert_eq!(
+                names(&d),
+                vec!["f"],
+                "a temporary was left (hidden: {hidden})"
+            );
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 
     #[test]

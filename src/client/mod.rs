@@ -327,7 +327,10 @@ impl Handle {
     /// writes clears them, whatever [`Handle::set_preserve_metadata`]
     /// says: a helper, or a tree uploaded to one, never makes a setuid
     /// file unless the caller asked for it. A helper keeps them only when
-    /// the request carries this setting (TREE flag 0x4).
+    /// the request carries this setting (TREE flag 0x4), and a helper
+    /// that runs as root only when its operator also set
+    /// `BARGE_HELPER_ALLOW_SETID=1`; otherwise [`Handle::copy_in`] fails
+    /// with `EPERM`.
     pub fn set_preserve_setid(&mut self, enable: bool) {
         self.config.tree.setid = enable;
     }

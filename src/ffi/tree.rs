@@ -138,7 +138,10 @@ pub unsafe extern "C" fn barge_set_keep_going(h: *mut barge_h, enable: c_int) ->
 /// Whether tree copies keep the setuid, setgid and sticky bits of the
 /// source's modes (1) or clear them (0, the default). When 0 the side that
 /// writes clears them whatever `barge_set_preserve_metadata` says, so a
-/// helper never makes a setuid file unless the caller asked for it.
+/// helper never makes a setuid file unless the caller asked for it. A
+/// helper that runs as root keeps them only when its operator set
+/// `BARGE_HELPER_ALLOW_SETID=1`; otherwise `barge_copy_in` fails with
+/// `EPERM`.
 #[no_mangle]
 pub unsafe extern "C" fn barge_set_preserve_setid(h: *mut barge_h, enable: c_int) -> c_int {
     boundary("barge_set_preserve_setid", || {

@@ -14,21 +14,7 @@ pub(super) const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
 pub(super) use crate::sys::fstat;
 
-/// `lstat` of `name` in `dir`.
-pub(super) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: name is NUL-terminated and st is a writable stat buffer.
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat succeeded, so it filled the buffer.
-    Ok(unsafe { st.assume_init() })
-}
+pub(super) use crate::sys::lstat_at;
 
 // nlink_t is u32 on some architectures.
 #[allow(clippy::unnecessary_cast)]
