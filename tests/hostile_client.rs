@@ -459,20 +459,16 @@ fn a_root_helper_refuses_setid_unless_its_operator_allows_it() {
     let root = tempdir();
     let mut h = Helper::start(root.path(), &[]);
     h.send(&tree_in(TREE_SETID));
-    let mut refused = None;
-    loop {
+    let refused = loop {
         let r = h.next(Duration::from_secs(10)).expect("a reply");
         match r.frame() {
             // The helper stops the stream first; the client ends it.
             Frame::Stop => h.send(&frame(&Frame::Tree(TreeFrame::Done), 1)),
-            Frame::Error { .. } => {
-                refused = Some(r);
-                break;
-            }
+            Frame::Error { .. } => break r,
             other => panic!("{other:?}"),
         }
-    }
-    assert_error(&refused.unwrap(), libc::EPERM, "BARGE_HELPER_ALLOW_SETID");
+    };
+    assert_error(&refused, libc::EPERM, "BARGE_HELPER_ALLOW_SETID");
     h.finish();
     assert!(common::tree(root.path()).is_empty());
 }
