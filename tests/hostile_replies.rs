@@ -464,3 +464,30 @@ fn ls_l_and_stat_print_an_mtime_far_in_the_future() {
         );
     }
 }
+
+// ---- trees ----
+
+/// A TREE_OUT has no stream from the client, so the helper has nothing to
+/// STOP; and a helper that CANCELs its stream cannot then call the copy a
+/// success.
+#[test]
+fn tree_out_refuses_a_stop_and_an_ok_after_the_helpers_cancel() {
+    for (what, answer) in [
+        ("STOP", "send(frame(STOP, serial))"),
+        ("OK", "send(frame(CANCEL, serial), ok(serial))"),
+    ] {
+        let dir = tmp();
+        let scenario = format!(
+            "kind, serial, _ = until(TREE_OUT)\n\
+             send(tree_dir(serial, 'photos'))\n\
+             {answer}\n\
+             serve_shutdown()\n"
+        );
+        let mut h = hostile_handle(dir.path(), common::hostile::FEATURE_TREES, &scenario);
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let (r, _) = bounded(move || h.copy_out("/photos", &dest));
+        let e = r.expect_err(what);
+        assert_eproto(&e, "TREE_OUT");
+    }
+}

@@ -502,6 +502,8 @@ pub(crate) fn copy_out(
     let mut stopped: Option<Stopped> = None;
     let mut stop_sent = false;
     let mut stream_over = false;
+    // The helper ended its stream with CANCEL: its final reply must be ERROR.
+    let mut helper_cancelled = false;
     let mut deadline: Option<Instant> = None;
 
     loop {
@@ -551,10 +553,17 @@ pub(crate) fn copy_out(
                 }
                 Incoming::Cancel => {
                     stream_over = true;
+                    helper_cancelled = true;
                     writer.abandon_file();
                     Ok(())
                 }
-                Incoming::Stop => Ok(()),
+                Incoming::Stop => {
+                    // The client sends no stream in TREE_OUT: there is
+                    // nothing for the helper to stop.
+                    return Err(conn.fail_protocol(format!(
+                        "helper sent STOP for serial {serial} during TREE_OUT, which has no stream from the client"
+                    )));
+                }
                 Incoming::Ext(FrameType::TreeFail) => {
                     // The helper's paths are relative to the remote tree's
                     // parent.
@@ -620,6 +629,9 @@ pub(crate) fn copy_out(
                         (_, Some(Stopped::Local(e))) => Err(e),
                         (Incoming::Ok, _) if !stream_over => Err(conn.fail_protocol(
                             "helper finished TREE_OUT without ending its stream".into(),
+                        )),
+                        (Incoming::Ok, _) if helper_cancelled => Err(conn.fail_protocol(
+                            "helper answered OK to a TREE_OUT it had cancelled".into(),
                         )),
                         (Incoming::Ok, _) => {
                             let mut dir_errors =
