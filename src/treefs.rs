@@ -1921,7 +1921,7 @@ mod tests {
         let (d, mut w) = writer(Top::AnyName, true, false, 100_000);
         let _removed = Removed(d.0.clone());
         for r in &rels {
-            w.dir(r, meta.clone()).unwrap();
+            w.dir(r, meta).unwrap();
         }
         let t = std::time::Instant::now();
         let mut asked = 0;
@@ -1941,7 +1941,7 @@ mod tests {
         let (d, mut w) = writer(Top::AnyName, true, false, 100_000);
         let _removed = Removed(d.0.clone());
         for r in &rels {
-            w.dir(r, meta.clone()).unwrap();
+            w.dir(r, meta).unwrap();
         }
         assert!(w.finish(&mut || true).is_empty());
         assert_ne!(deep_mtime(&d), 1_000_000);
