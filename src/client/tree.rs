@@ -623,9 +623,11 @@ pub(crate) fn copy_out(
                     }
                 }
                 Incoming::Ok | Incoming::Error { .. } => {
-                    let dir_errors = writer.finish();
+                    // A cancel stops the directories' modes and mtimes.
+                    let dir_errors = writer.finish(&mut || ctx.cancel.is_requested());
                     return match (msg, stopped) {
                         (_, Some(Stopped::User)) => Err(Error::Cancelled),
+                        (_, None) if ctx.cancel.is_requested() => Err(Error::Cancelled),
                         (_, Some(Stopped::Local(e))) => Err(e),
                         (Incoming::Ok, _) if !stream_over => Err(conn.fail_protocol(
                             "helper finished TREE_OUT without ending its stream".into(),

@@ -153,7 +153,8 @@ impl Session<'_, '_> {
                     checksum,
                 } if s == serial && w.in_file() => Ok(Step::Entry(w.end_file(len, checksum))),
                 Incoming::Cancel { serial: s } if s == serial => {
-                    w.finish();
+                    // Cancelled: what was written stays as it is.
+                    w.finish(&mut || true);
                     let message = format!("copy into {} cancelled by the client", show(path));
                     return self.reply_error(serial, libc::ECANCELED, message);
                 }
@@ -174,12 +175,12 @@ impl Session<'_, '_> {
                     w.abandon_file();
                     self.send(&Frame::Stop, serial)?;
                     self.drain_tree(serial)?;
-                    w.finish();
+                    w.finish(&mut || self.client_waiting());
                     let message = format!("copy into {}: {}", show(path), e.message);
                     return self.reply_error(serial, e.errno, message);
                 }
                 Step::Stream(e) if e.errno == libc::EPROTO => {
-                    w.finish();
+                    w.finish(&mut || self.client_waiting());
                     return Err(self.protocol_error(
                         serial,
                         format!("client sent {} during TREE_IN serial {serial}", e.message),
@@ -191,12 +192,12 @@ impl Session<'_, '_> {
                     w.abandon_file();
                     self.send(&Frame::Stop, serial)?;
                     self.drain_tree(serial)?;
-                    w.finish();
+                    w.finish(&mut || self.client_waiting());
                     let message = format!("copy into {}: {}", show(path), e.message);
                     return self.reply_error(serial, e.errno, message);
                 }
                 Step::Done => {
-                    let errors = w.finish();
+                    let errors = w.finish(&mut || self.client_waiting());
                     if let (false, Some(e)) = (keep_going, errors.first()) {
                         let message = format!("copy into {}: {}", show(path), e.message);
                         return self.reply_error(serial, e.errno, message);
@@ -208,6 +209,13 @@ impl Session<'_, '_> {
                 }
             }
         }
+    }
+
+    /// Whether the client sent something (a CANCEL: it waits for the final
+    /// reply otherwise) or hung up, polled without waiting: the end of a
+    /// TREE_IN then stops giving directories their modes.
+    fn client_waiting(&self) -> bool {
+        self.chan.input_pending().unwrap_or(true)
     }
 
     /// The helper refuses a tree upload before any entry: STOP, discard
