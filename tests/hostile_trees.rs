@@ -498,3 +498,36 @@ serve_shutdown()
     assert!(ft("photos/sock").is_socket());
     assert_eq!(std::fs::read(h.join("photos/ok")).unwrap(), b"fine");
 }
+
+/// A chain of 4,000 nested directories: the deferred mode and mtime pass
+/// once reopened every directory's path from the base (quadratic: 35 s at
+/// this depth in a debug build, and deaf to ^C). It now reaches each
+/// directory from its parent's fd, well inside the run's 20 s bound.
+#[test]
+fn a_deep_chain_of_directories_finishes_in_linear_time() {
+    let dir = tempdir();
+    let script = scenario(
+        r#"kind, serial, _ = until(TREE_OUT)
+path = "photos"
+frames = [tree_dir(serial, path)]
+for i in range(4000):
+    path += "/a"
+    frames.append(tree_dir(serial, path))
+send(*frames)
+send(tree_done(serial), ok(serial))
+serve_shutdown()
+"#,
+    );
+    std::fs::create_dir(dir.path().join("H")).unwrap();
+    let mut run = CliRun::new(
+        dir.path(),
+        FEATURE_TREES,
+        &script,
+        &["get", "-r", "/photos", "H"],
+    );
+    run.limit = Duration::from_secs(20);
+    let out = run.run();
+    assert_eq!(out.code, Some(0), "{}", tail(&out.stderr()));
+    assert!(dir.path().join("H/photos/a/a").is_dir());
+    eprintln!("4000-deep tree: {:?}", out.elapsed);
+}
