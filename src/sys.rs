@@ -277,3 +277,31 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: fstatat succeeded, so it filled the buffer.
     Ok(unsafe { st.assume_init() })
 }
+
+/// `readlinkat` of `name` in `dir`: the link's text, up to twice PATH_MAX
+/// (longer is `ENAMETOOLONG`).
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: name is NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if (n as usize) < buf.len() {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        if buf.len() >= libc::PATH_MAX as usize * 2 {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}

@@ -121,32 +121,6 @@ fn meta_of(st: &libc::stat) -> EntryMeta {
     }
 }
 
-fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: name is NUL-terminated; buf is writable for its length.
-        let n = unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if (n as usize) < buf.len() {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        if buf.len() >= libc::PATH_MAX as usize * 2 {
-            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
-}
-
 /// The names in an open directory, without `.` and `..`.
 pub(crate) fn read_names(dir: OwnedFd) -> io::Result<Vec<CString>> {
     let raw = dir.as_raw_fd();
@@ -268,7 +242,8 @@ fn classify(
             size: st.st_size as u64,
         }),
         libc::S_IFLNK => Some(EntryKind::Link {
-            target: read_link_at(dir, name).map_err(|e| EntryError::io("readlink", rel, &e))?,
+            target: sys::read_link_at(dir, name)
+                .map_err(|e| EntryError::io("readlink", rel, &e))?,
         }),
         _ => None,
     })

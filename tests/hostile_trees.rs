@@ -74,27 +74,9 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
-/// Every path beneath `dir` (not following links), relative to it.
-fn all_paths(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(dir, dir, &mut v);
-    v.sort();
-    v
-}
-
 #[track_caller]
 fn assert_no_setid(dir: &Path) {
-    for p in all_paths(dir) {
+    for p in common::tree(dir) {
         let m = std::fs::symlink_metadata(dir.join(&p)).unwrap();
         if !m.file_type().is_symlink() {
             assert_eq!(m.mode() & 0o7000, 0, "{p} has mode {:o}", m.mode());
@@ -135,7 +117,7 @@ serve_shutdown()
         std::fs::read(h.join(".ssh/authorized_keys")).unwrap(),
         b"GOOD\n"
     );
-    assert_eq!(all_paths(&h), [".ssh", ".ssh/authorized_keys"]);
+    assert_eq!(common::tree(&h), [".ssh", ".ssh/authorized_keys"]);
     assert_no_setid(dir.path());
 }
 
@@ -161,7 +143,7 @@ serve_shutdown()
     );
     assert_failed_with(&out, "TREE_FILE_WHOLE evil_sibling lies outside the tree");
     assert!(out.stderr().contains("photos"), "{}", out.stderr());
-    for p in all_paths(&h) {
+    for p in common::tree(&h) {
         assert!(p == "photos" || p.starts_with("photos/"), "{p} written");
     }
     assert_no_setid(dir.path());
@@ -219,7 +201,7 @@ fn setid_bits_are_kept_only_when_asked() {
         let out = get_r(dir.path(), SETID_TREE, flags);
         assert_eq!(out.code, Some(0), "{}", out.stderr());
         let h = dir.path().join("H");
-        assert_eq!(all_paths(&h).len(), 5);
+        assert_eq!(common::tree(&h).len(), 5);
         assert_no_setid(&h);
     }
     let dir = tempdir();
@@ -272,7 +254,7 @@ serve_shutdown()
     );
     let out = get_r(dir.path(), &body, &["--keep-going"]);
     assert_failed_with(&out, "photos/x/passwd");
-    assert_eq!(all_paths(&outside), ["target"]);
+    assert_eq!(common::tree(&outside), ["target"]);
     assert_eq!(std::fs::read(outside.join("target")).unwrap(), b"untouched");
     // The links are still links; z became the file the helper sent.
     assert!(std::fs::symlink_metadata(h.join("photos/x"))
@@ -312,7 +294,11 @@ serve_shutdown()
         &["--keep-going"],
     );
     assert_failed_with(&out, "photos");
-    assert!(all_paths(&outside).is_empty(), "{:?}", all_paths(&outside));
+    assert!(
+        common::tree(&outside).is_empty(),
+        "{:?}",
+        common::tree(&outside)
+    );
 }
 
 /// Without keep-going the helper never sends TREE_FAIL: an endless flood
@@ -415,7 +401,7 @@ flood(tree_dir(serial, "photos/a"))
     );
     assert_failed_with(&out, "TREE_DIR photos/a sent again");
     assert!(out.elapsed < Duration::from_secs(15), "{:?}", out.elapsed);
-    assert_eq!(all_paths(&dir.path().join("H")), ["photos", "photos/a"]);
+    assert_eq!(common::tree(&dir.path().join("H")), ["photos", "photos/a"]);
 }
 
 /// Distinct directories, far more than the bound: past it, E2BIG naming

@@ -16,7 +16,6 @@
 //!
 //! A child module of `session`.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -75,7 +74,7 @@ impl Session<'_, '_> {
             if followed > MAX_SYMLINKS {
                 return Err(Failure::from_errno(libc::ELOOP));
             }
-            let target = read_link_at(p.dir.as_fd(), &p.name)?;
+            let target = crate::sys::read_link_at(p.dir.as_fd(), &p.name)?;
             if fs::fs_type(p.dir.as_fd())? == fs::PROC_SUPER_MAGIC && target.contains(&b':') {
                 return Err(Failure::new(
                     libc::ELOOP,
@@ -264,28 +263,6 @@ impl Session<'_, '_> {
         }
         Ok(())
     }
-}
-
-/// `readlinkat` of `name` in `dir`.
-fn read_link_at(dir: BorrowedFd<'_>, name: &CString) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: name is NUL-terminated; buf is writable for its length.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize >= buf.len() {
-        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
 }
 
 /// The path a symlink at `link` with text `target` leads to: `target`
