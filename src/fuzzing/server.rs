@@ -46,6 +46,7 @@ fn run_server(root: &std::path::Path, features: u64, script: &[u8]) -> ServeEnd 
 
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let helper = std::thread::spawn(move || {
+        crate::server::QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
         let end = serve(theirs.as_fd(), theirs.as_fd(), &ServerOptions::default());
         drop(theirs);
         end

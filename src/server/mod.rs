@@ -18,14 +18,24 @@
 //!   TREE_IN) are closed off the main thread by `crate::discard`.
 
 /// A line on stderr. A failed write is ignored: `eprintln!` would panic,
-/// and a helper whose stderr is gone still has work to finish.
+/// and a helper whose stderr is gone still has work to finish. Nothing is
+/// written while [`QUIET`] is set.
 #[cfg(not(test))]
 macro_rules! log_line {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        if !$crate::server::QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = writeln!(std::io::stderr(), $($arg)*);
+        }
     }};
 }
+
+/// Set by the fuzz targets, which run [`serve`] in their own process
+/// millions of times: the helper's log lines about their malformed
+/// requests would bury the fuzzer's own output (and `cargo test`'s, where
+/// the corpora are replayed). The helper binary never sets it.
+#[doc(hidden)]
+pub static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// In tests, through the test harness's output capture.
 #[cfg(test)]
